@@ -1,0 +1,1 @@
+"""vidmem: workers."""
