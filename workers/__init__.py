@@ -1,1 +1,1 @@
-"""vidmem: workers."""
+"""Celery app, thin tasks, and the services that wire ingest, vlm, compression and store."""

@@ -1,0 +1,5 @@
+"""Which sources the API accepts (re-exported from workers, which owns the policy)."""
+
+from workers.sources import SourceRejected, check_source, redact_url
+
+__all__ = ["SourceRejected", "check_source", "redact_url"]

@@ -1,0 +1,115 @@
+"""SQLAlchemy 2 tables. API schemas live apart, in ``api/schemas.py``.
+
+Every schema change goes through an Alembic migration in ``migrations/versions``; a test checks
+that autogenerate finds nothing pending.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StreamStatus(enum.StrEnum):
+    connecting = "connecting"
+    live = "live"
+    reconnecting = "reconnecting"
+    ended = "ended"
+    failed = "failed"
+    stopped = "stopped"
+
+
+class QuestionStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+class ChunkStatus(enum.StrEnum):
+    pending = "pending"
+    applied = "applied"
+    dropped = "dropped"
+    failed = "failed"
+
+
+class Stream(Base):
+    __tablename__ = "streams"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    # The URL as given (it may hold camera credentials): never logged, shown redacted by the API.
+    source_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default=StreamStatus.connecting)
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    active: Mapped[bool] = mapped_column(default=True)
+    loop: Mapped[bool] = mapped_column(default=False)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    questions: Mapped[list[Question]] = relationship(back_populates="stream", cascade="all, delete-orphan")
+
+
+class Question(Base):
+    __tablename__ = "questions"
+    __table_args__ = (Index("ix_questions_stream_created", "stream_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default=QuestionStatus.queued)
+    window_start: Mapped[float | None] = mapped_column(Float, default=None)
+    window_end: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    answer: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    visual_tokens_before: Mapped[int | None] = mapped_column(Integer, default=None)
+    visual_tokens_after: Mapped[int | None] = mapped_column(Integer, default=None)
+    model: Mapped[str | None] = mapped_column(String(300), default=None)
+    method: Mapped[str | None] = mapped_column(String(300), default=None)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    stream: Mapped[Stream] = relationship(back_populates="questions")
+
+
+class ChunkRecord(Base):
+    """One chunk of a stream: where its frames are and what happened to it."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("stream_id", "seq", name="uq_chunks_stream_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    t_start: Mapped[float] = mapped_column(Float)
+    t_end: Mapped[float] = mapped_column(Float)
+    num_frames: Mapped[int] = mapped_column(Integer)
+    blob_key: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default=ChunkStatus.pending)
+    tokens_in: Mapped[int | None] = mapped_column(Integer, default=None)
+    tokens_out: Mapped[int | None] = mapped_column(Integer, default=None)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

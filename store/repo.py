@@ -1,0 +1,144 @@
+"""Keyword-only data access helpers used by the API and the workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from store.models import (
+    ChunkRecord,
+    ChunkStatus,
+    Question,
+    QuestionStatus,
+    Stream,
+    StreamStatus,
+    utcnow,
+)
+
+
+class NotFound(LookupError):
+    """A row the caller named does not exist."""
+
+
+def create_stream(session: Session, *, name: str, source_url: str, loop: bool = False) -> Stream:
+    stream = Stream(name=name, source_url=source_url, loop=loop, status=StreamStatus.connecting, stats={})
+    session.add(stream)
+    session.flush()
+    return stream
+
+
+def get_stream(session: Session, stream_id: str) -> Stream:
+    stream = session.get(Stream, stream_id)
+    if stream is None:
+        raise NotFound(f"stream {stream_id!r} not found")
+    return stream
+
+
+def list_streams(session: Session, *, active_only: bool = False) -> list[Stream]:
+    query = select(Stream).order_by(Stream.created_at.desc())
+    if active_only:
+        query = query.where(Stream.active.is_(True))
+    return list(session.scalars(query))
+
+
+def set_stream_status(
+    session: Session, *, stream_id: str, status: str, reason: str | None = None,
+    stats: dict[str, Any] | None = None,
+) -> None:
+    values: dict[str, Any] = {"status": status, "status_reason": reason, "updated_at": utcnow()}
+    if stats is not None:
+        values["stats"] = stats
+    session.execute(update(Stream).where(Stream.id == stream_id).values(**values))
+
+
+def create_question(
+    session: Session, *, stream_id: str, text: str,
+    window_start: float | None = None, window_end: float | None = None,
+) -> Question:
+    get_stream(session, stream_id)
+    question = Question(
+        stream_id=stream_id, text=text, status=QuestionStatus.queued,
+        window_start=window_start, window_end=window_end, timings={},
+    )
+    session.add(question)
+    session.flush()
+    return question
+
+
+def get_question(session: Session, question_id: str) -> Question:
+    question = session.get(Question, question_id)
+    if question is None:
+        raise NotFound(f"question {question_id!r} not found")
+    return question
+
+
+def list_questions(session: Session, *, stream_id: str, skip: int = 0, limit: int = 50) -> tuple[list[Question], int]:
+    """A page of a stream's questions, newest first, and the total count."""
+    get_stream(session, stream_id)
+    where = Question.stream_id == stream_id
+    total = session.scalar(select(func.count()).select_from(Question).where(where)) or 0
+    query = select(Question).where(where).order_by(Question.created_at.desc(), Question.id).offset(skip).limit(limit)
+    return list(session.scalars(query)), total
+
+
+def unfinished_questions(session: Session) -> list[Question]:
+    """Questions queued or left running (a worker died): candidates for re-enqueueing at start."""
+    query = select(Question).where(Question.status.in_([QuestionStatus.queued, QuestionStatus.running]))
+    return list(session.scalars(query.order_by(Question.created_at)))
+
+
+def create_chunk(
+    session: Session, *, stream_id: str, seq: int, t_start: float, t_end: float, num_frames: int, blob_key: str,
+) -> ChunkRecord:
+    chunk = ChunkRecord(
+        stream_id=stream_id, seq=seq, t_start=t_start, t_end=t_end,
+        num_frames=num_frames, blob_key=blob_key, status=ChunkStatus.pending, timings={},
+    )
+    session.add(chunk)
+    session.flush()
+    return chunk
+
+
+def get_chunk(session: Session, *, stream_id: str, seq: int) -> ChunkRecord:
+    chunk = session.scalar(select(ChunkRecord).where(ChunkRecord.stream_id == stream_id, ChunkRecord.seq == seq))
+    if chunk is None:
+        raise NotFound(f"chunk {seq} of stream {stream_id!r} not found")
+    return chunk
+
+
+def pending_chunks(session: Session, *, stream_id: str) -> list[ChunkRecord]:
+    query = select(ChunkRecord).where(ChunkRecord.stream_id == stream_id, ChunkRecord.status == ChunkStatus.pending)
+    return list(session.scalars(query.order_by(ChunkRecord.seq)))
+
+
+def chunks_before(session: Session, *, stream_id: str, seq: int, after: int) -> list[ChunkRecord]:
+    """Chunks with ``after < chunk.seq < seq``: what must be settled before ``seq`` may be applied."""
+    query = select(ChunkRecord).where(
+        ChunkRecord.stream_id == stream_id, ChunkRecord.seq > after, ChunkRecord.seq < seq
+    )
+    return list(session.scalars(query.order_by(ChunkRecord.seq)))
+
+
+def chunk_counts(session: Session, *, stream_id: str) -> dict[str, int]:
+    query = (
+        select(ChunkRecord.status, func.count())
+        .where(ChunkRecord.stream_id == stream_id)
+        .group_by(ChunkRecord.status)
+    )
+    counts = {status.value: 0 for status in ChunkStatus}
+    counts.update(dict(session.execute(query)))
+    return counts
+
+
+def stream_timings(session: Session, *, stream_id: str) -> dict[str, float]:
+    """Summed per-stage milliseconds over the applied chunks of a stream."""
+    totals: dict[str, float] = {}
+    query = select(ChunkRecord.timings).where(
+        ChunkRecord.stream_id == stream_id, ChunkRecord.status == ChunkStatus.applied
+    )
+    for timings in session.scalars(query):
+        for key, value in (timings or {}).items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    return totals

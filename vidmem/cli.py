@@ -1,0 +1,205 @@
+"""The ``vidmem`` command: serve, worker, api, ingest, demo, db, bench, train.
+
+Each command builds the one Settings object (``VIDMEM_*`` variables) and passes it down.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib import import_module
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vidmem.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ask questions about live video.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (not tests): tables, JSON and PNG.")
+train_app = typer.Typer(no_args_is_help=True, help="Train the shipped models and policies.")
+app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
+app.add_typer(train_app, name="train")
+
+log = logging.getLogger("vidmem")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings.ensure_dirs()
+    return settings
+
+
+def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
+    from store.db import SchemaNotReady
+    from workers.runtime import Runtime
+
+    runtime = Runtime(settings, auto_upgrade=settings.is_embedded_db)
+    try:
+        runtime.engine  # noqa: B018 - upgrade (embedded) or check the schema now, not at first request
+    except SchemaNotReady as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return runtime
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="API host")] = None,
+    port: Annotated[int | None, typer.Option(help="API port")] = None,
+) -> None:
+    """API + ingest + one worker in one process tree (embedded mode by default)."""
+    import uvicorn
+    from workers.ingest_manager import IngestManager
+
+    from api.main import create_app
+    from vidmem.processes import WorkerProcess
+    from workers.app import create_celery
+    from workers.dispatch import recover_unfinished
+
+    setup_logging()
+    settings = load_settings(api_host=host, api_port=port)
+    runtime = _runtime(settings)
+    create_celery(settings)
+    worker = WorkerProcess(settings, on_restart=lambda: recover_unfinished(runtime))
+    worker.start()
+    manager = IngestManager(runtime)
+    manager.start()
+    recover_unfinished(runtime)
+    try:
+        uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port, log_level="info")
+    finally:
+        manager.stop()
+        worker.stop()
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="API host")] = None,
+    port: Annotated[int | None, typer.Option(help="API port")] = None,
+) -> None:
+    """Only the HTTP API (distributed mode)."""
+    import uvicorn
+
+    from api.main import create_app
+    from workers.app import create_celery
+
+    setup_logging()
+    settings = load_settings(api_host=host, api_port=port)
+    runtime = _runtime(settings)
+    create_celery(settings)
+    uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port, log_level="info")
+
+
+@app.command()
+def worker(loglevel: str = "INFO", hostname: str | None = None) -> None:
+    """A Celery worker that encodes chunks and answers questions."""
+    from workers.app import create_celery, run_worker
+
+    setup_logging(loglevel)
+    settings = load_settings()
+    _runtime(settings)
+    run_worker(create_celery(settings), loglevel=loglevel, hostname=hostname)
+
+
+@app.command()
+def ingest() -> None:
+    """Only the ingest of registered streams (distributed mode)."""
+    from workers.ingest_manager import IngestManager
+
+    from workers.app import create_celery
+
+    setup_logging()
+    settings = load_settings()
+    runtime = _runtime(settings)
+    create_celery(settings)
+    manager = IngestManager(runtime)
+    manager.start()
+    try:
+        manager.join()
+    except KeyboardInterrupt:
+        manager.stop()
+
+
+@app.command()
+def demo(
+    source: Annotated[str | None, typer.Option(help="a video file or URL instead of the synthetic clip")] = None,
+    question: Annotated[list[str] | None, typer.Option("--question", "-q", help="ask this (repeatable)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where the SQLite file and memory go")] = None,
+    seconds: Annotated[float, typer.Option(help="length of the synthetic clip")] = 16.0,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic clip")] = 7,
+) -> None:
+    """Run a short video through the real pipeline as a live stream, ask, print the answers."""
+    from vidmem.demo import run_demo
+
+    setup_logging("WARNING")
+    settings = load_settings(data_dir=data_dir)
+    code = run_demo(settings, source=source, questions=question or [], seconds=seconds, seed=seed)
+    raise typer.Exit(code)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Migrate the configured database to the newest schema."""
+    from store.db import upgrade
+
+    settings = load_settings()
+    upgrade(settings.sqlalchemy_url, revision)
+    typer.echo(f"database upgraded to {revision}")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Exit non-zero when the configured database is not at the newest schema."""
+    from store.db import SchemaNotReady, check_schema, make_engine
+
+    settings = load_settings()
+    try:
+        check_schema(make_engine(settings.sqlalchemy_url))
+    except SchemaNotReady as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo("database schema is up to date")
+
+
+def _mount(group: typer.Typer, name: str, module: str) -> None:
+    """Mount ``module.cli`` as a sub-command if that module exists (benchmarks land one by one)."""
+    try:
+        target = import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    group.command(name, help=(target.__doc__ or "").strip().splitlines()[0] if target.__doc__ else None)(target.cli)
+
+
+BENCHMARKS = {
+    "compression": "bench.compression",
+    "model": "bench.model",
+    "ingest": "bench.ingest",
+    "accuracy": "bench.accuracy",
+    "stream": "bench.stream",
+}
+TRAINERS = {"tiny": "bench.train_tiny", "cacovid": "bench.train_cacovid", "vtm": "bench.train_vtm"}
+
+
+def mount_heavy_commands(argv: list[str]) -> None:
+    """Benchmarks and trainers import torch and transformers: mount them only when asked for."""
+    wanted = set(argv[1:2])
+    if wanted & {"bench", "--help"}:
+        for name, module in BENCHMARKS.items():
+            _mount(bench_app, name, module)
+    if wanted & {"train", "--help"}:
+        for name, module in TRAINERS.items():
+            _mount(train_app, name, module)
+
+
+def main() -> None:
+    mount_heavy_commands(sys.argv)
+    app()

@@ -1,0 +1,92 @@
+"""The one settings object of vidmem.
+
+Built once by the CLI (``Settings()`` reads ``VIDMEM_*`` variables and an optional ``.env``) and
+passed down; nothing else in the code base reads the environment. ``to_env()`` turns a settings
+object back into variables so that child processes (the embedded worker) see the same values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED = "embedded"
+DEFAULT_MODEL = "vidmem-tiny"
+
+
+class Settings(BaseSettings):
+    """Every knob of vidmem. Defaults give the embedded mode: no server to install, no network."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDMEM_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("vidmem-data"), description="SQLite file, memory, blobs and queues live here")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
+    broker_url: str = Field(EMBEDDED, description="'embedded' (file queue under data_dir) or redis://...")
+    redis_url: str | None = Field(None, description="memory/blob store; default: the broker URL if redis")
+
+    model: str = Field(DEFAULT_MODEL, description="'vidmem-tiny', 'tiny-random', a hub id or a local folder")
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = Field(16, ge=1, le=512)
+
+    stage1: str = Field("uniform:ratio=0.5", description="query-agnostic compression at ingest")
+    stage2: str = Field("uniform", description="query-aware selection at question time")
+    memory_budget: int = Field(4096, ge=1, description="visual tokens kept per stream")
+    llm_budget: int = Field(1024, ge=1, description="visual tokens the LLM sees per question")
+
+    chunk_seconds: float = Field(4.0, gt=0)
+    sample_fps: float = Field(1.0, gt=0)
+    max_pending_chunks: int = Field(8, ge=1, description="per stream; older unprocessed chunks are dropped")
+    blob_ttl_seconds: int = Field(3600, ge=1)
+
+    allowed_schemes: list[str] = Field(default_factory=lambda: ["rtsp", "rtsps", "http", "https", "file"])
+    allow_files: bool = True
+    allow_devices: bool = False
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: str | None = Field(None, description="when set, write requests need 'Authorization: Bearer'")
+    question_max_chars: int = 2000
+    task_time_limit_s: int = 600
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url == EMBEDDED
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'vidmem.sqlite3'}"
+
+    @property
+    def is_embedded_db(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def store_redis_url(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        return self.broker_url if self.broker_url.startswith("redis") else None
+
+    def to_env(self) -> dict[str, str]:
+        """VIDMEM_* variables that rebuild these settings in a child process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            key = f"VIDMEM_{name.upper()}"
+            if isinstance(value, list):
+                env[key] = json.dumps(value)
+            else:
+                env[key] = str(value)
+        return env
+
+    def ensure_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)

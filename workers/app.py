@@ -1,0 +1,71 @@
+"""The Celery application, built from settings (never at import time).
+
+Embedded mode uses kombu's filesystem transport under ``data_dir/broker``: no server, survives
+restarts, shared by the API process and the worker process. Distributed mode uses Redis.
+Tasks are acked late, rejected (requeued) when their worker dies, prefetched one at a time, and
+time-limited; their outcome lives in the database, so results are ignored.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from vidmem.settings import Settings
+
+CHUNK_QUEUE = "vidmem.chunks"
+QUESTION_QUEUE = "vidmem.questions"
+
+
+def broker_options(settings: Settings) -> tuple[str, dict]:
+    if not settings.embedded_broker:
+        return settings.broker_url, {"visibility_timeout": settings.task_time_limit_s * 2}
+    folder = settings.data_dir / "broker"
+    for sub in ("queue", "control", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    options = {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "control_folder": str(folder / "control"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+    }
+    return "filesystem://", options
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app configured for ``settings``; the settings ride along as ``app.vidmem_settings``."""
+    url, transport_options = broker_options(settings)
+    app = Celery("vidmem", broker=url, include=["workers.tasks"])
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(1, settings.task_time_limit_s - 30),
+        task_routes={
+            "vidmem.chunks.*": {"queue": CHUNK_QUEUE},
+            "vidmem.questions.*": {"queue": QUESTION_QUEUE},
+        },
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=not settings.embedded_broker,
+    )
+    app.vidmem_settings = settings  # type: ignore[attr-defined]
+    app.set_default()
+    return app
+
+
+def run_worker(app: Celery, *, loglevel: str = "INFO", hostname: str | None = None) -> None:
+    """Run a solo-pool worker on both queues in this process until it is told to stop."""
+    argv = [
+        "worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        f"--queues={CHUNK_QUEUE},{QUESTION_QUEUE}",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv=argv)
