@@ -22,6 +22,7 @@ class MemoryRecord:
     last_seq: int
     memory: bytes
     state: bytes
+    tokens: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -86,7 +87,8 @@ class RedisMemoryStore:
         if not raw:
             return None
         return MemoryRecord(
-            version=int(raw[b"version"]), last_seq=int(raw[b"last_seq"]), memory=raw[b"memory"], state=raw[b"state"]
+            version=int(raw[b"version"]), last_seq=int(raw[b"last_seq"]), memory=raw[b"memory"],
+            state=raw[b"state"], tokens=int(raw.get(b"tokens", 0)),
         )
 
     def save(self, stream_id: str, record: MemoryRecord, *, expected_version: int) -> bool:
@@ -103,7 +105,7 @@ class RedisMemoryStore:
                 pipe.multi()
                 pipe.hset(key, mapping={
                     "version": record.version, "last_seq": record.last_seq,
-                    "memory": record.memory, "state": record.state,
+                    "memory": record.memory, "state": record.state, "tokens": record.tokens,
                 })
                 pipe.execute()
                 return True

@@ -63,7 +63,9 @@ class StreamMemory:
     def to_record(self) -> MemoryRecord:
         buffer = io.BytesIO()
         torch.save({"stage1": self.stage1_state, "frames_seen": self.frames_seen}, buffer)
-        return MemoryRecord(self.version, self.last_seq, self.memory.to_bytes(), buffer.getvalue())
+        return MemoryRecord(
+            self.version, self.last_seq, self.memory.to_bytes(), buffer.getvalue(), self.memory.num_tokens
+        )
 
 
 def apply_chunk(rt: Runtime, stream_id: str, seq: int) -> str:

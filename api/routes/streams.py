@@ -20,7 +20,7 @@ def to_public(session, runtime: Runtime, stream: Stream) -> StreamPublic:  # typ
         "source": redact_url(stream.source_url),
         "chunks": repo.chunk_counts(session, stream_id=stream.id),
         "memory_bytes": record.nbytes if record else 0,
-        "memory_tokens": (stream.stats or {}).get("memory_tokens"),
+        "memory_tokens": record.tokens if record else 0,
     })
     return public
 
