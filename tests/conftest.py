@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from vidmem.settings import Settings
@@ -70,3 +72,28 @@ def redis_client():  # type: ignore[no-untyped-def]
     client.flushdb()
     yield client
     client.flushdb()
+
+
+def write_h264(path: Path, *, seconds: float = 6.0, fps: int = 10, size: int = 64, gop: int = 10) -> Path:
+    """A clip with a red square moving left to right over a grey background."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.options = {"bf": "0", "preset": "ultrafast"}
+        for i in range(int(seconds * fps)):
+            frame = np.full((size, size, 3), 90, np.uint8)
+            x = int(i / (seconds * fps) * (size - size // 4))
+            frame[size // 3 : size // 3 + size // 4, x : x + size // 4] = (220, 30, 30)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture
+def make_h264():  # type: ignore[no-untyped-def]
+    """``make_h264(path, seconds=, fps=, size=, gop=)`` writes a real H.264 clip (PyAV, libx264)."""
+    return write_h264

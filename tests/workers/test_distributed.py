@@ -1,0 +1,61 @@
+"""Distributed mode: Redis broker and memory store, PostgreSQL, two worker processes.
+
+Whichever worker takes a chunk, each chunk is applied to its stream's memory exactly once and
+in order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from store import db, repo
+from store.db import session_scope
+from vidmem.processes import WorkerProcess
+from workers.app import create_celery
+from workers.ingest_manager import IngestManager
+from workers.runtime import Runtime
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def distributed_settings(settings, postgres_url, redis_client):  # type: ignore[no-untyped-def]
+    db.upgrade(postgres_url)  # what `vidmem db upgrade` does
+    return settings.model_copy(update={
+        "database_url": postgres_url,
+        "broker_url": "redis://127.0.0.1:6379/15",
+    })
+
+
+def test_two_workers_apply_every_chunk_once_in_order(distributed_settings, make_h264, tmp_path):
+    settings = distributed_settings
+    settings.ensure_dirs()
+    runtime = Runtime(settings)
+    create_celery(settings)
+    workers = [WorkerProcess(settings.model_copy(update={"data_dir": settings.data_dir / f"w{i}"})) for i in (1, 2)]
+    for worker in workers:
+        worker.start()
+    manager = IngestManager(runtime, poll_seconds=0.1)
+    try:
+        video = make_h264(tmp_path / "clip.mp4", seconds=10.0, fps=10)
+        with session_scope(runtime.sessions) as session:
+            stream_id = repo.create_stream(session, name="cam", source_url=str(video)).id
+        manager.start()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with session_scope(runtime.sessions) as session:
+                status = repo.get_stream(session, stream_id).status
+                counts = repo.chunk_counts(session, stream_id=stream_id)
+            if status == "ended" and counts["pending"] == 0:
+                break
+            time.sleep(0.2)
+    finally:
+        manager.stop()
+        for worker in workers:
+            worker.stop()
+
+    assert counts == {"pending": 0, "applied": 5, "dropped": 0, "failed": 0}
+    record = runtime.memory_store.load(stream_id)
+    assert record is not None and record.last_seq == 4 and record.version == 5, "each chunk exactly once"
