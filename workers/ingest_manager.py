@@ -121,7 +121,10 @@ class IngestManager:
             self.runtime, stream_id=stream_id, seq=running.seq_base + chunk.seq,
             t_start=running.time_base + chunk.t_start, t_end=running.time_base + chunk.t_end,
             images=images, timestamps=timestamps, motion=motion,
-            timings={"decode_ms": float(getattr(chunk, "decode_ms", 0.0)), "submit_ms": (time.perf_counter() - t0) * 1e3},
+            timings={
+                "decode_ms": float(getattr(chunk, "decode_ms", 0.0)),
+                "submit_ms": (time.perf_counter() - t0) * 1e3,
+            },
         )
 
     def _on_status(self, stream_id: str, event: StatusEvent) -> None:

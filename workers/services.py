@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 
 import torch
+
 from compression.memory import Memory
 from compression.registry import SelectContext, build_method
-
 from store import repo
 from store.blobs import unpack_frames
 from store.db import session_scope
