@@ -1,0 +1,203 @@
+"""Token containers: a chunk's encoder output (TokenBlock) and any subset or merge of tokens (TokenSet).
+
+Every compression method computes an index plan once and applies it to every per-token field
+through :meth:`TokenSet.gather` or :meth:`TokenSet.merge`, so fields can never drift apart.
+Dimension letters: F frames, N tokens per frame, K tokens in a set, D feature width.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MAGIC = b"VMTS1"
+_FIELDS = ("features", "time", "frame", "row", "col", "size")
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64, "int64": torch.int64,
+           "int32": torch.int32, "bool": torch.bool, "bfloat16": torch.bfloat16, "uint8": torch.uint8}
+
+
+@dataclass(frozen=True)
+class TokenBlock:
+    """One chunk's encoder output.
+
+    features: [F, N, D]; timestamps: [F] float64 seconds of stream media time; grid: (rows, cols)
+    with rows * cols == N; frame_offset: stream-wide index of frame 0; side: extras shaped [F, N, ...]
+    (e.g. "motion" [F, N] float).
+    """
+
+    features: Tensor
+    timestamps: Tensor
+    grid: tuple[int, int]
+    frame_offset: int = 0
+    side: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        f, n = self.features.shape[:2]
+        if self.grid[0] * self.grid[1] != n:
+            raise ValueError(f"grid {self.grid} does not hold {n} tokens per frame")
+        if self.timestamps.shape[0] != f:
+            raise ValueError(f"{self.timestamps.shape[0]} timestamps for {f} frames")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.features.shape[0])
+
+    def to_tokenset(self) -> TokenSet:
+        """All F*N tokens, frame-major then row-major: features [F*N, D]."""
+        f, n, d = self.features.shape
+        rows, cols = self.grid
+        pos = torch.arange(n)
+        return TokenSet(
+            features=self.features.reshape(f * n, d),
+            time=self.timestamps.to(torch.float64).repeat_interleave(n),
+            frame=(torch.arange(f, dtype=torch.int64) + self.frame_offset).repeat_interleave(n),
+            row=(pos // cols).repeat(f),
+            col=(pos % cols).repeat(f),
+            size=torch.ones(f * n, dtype=torch.float32),
+            side={k: v.reshape(f * n, *v.shape[2:]) for k, v in self.side.items()},
+            grid=self.grid,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class TokenSet:
+    """Any subset or merge of tokens, in time order.
+
+    features [K, D]; time [K] float64; frame [K] int64 (stream-wide); row, col [K] int64;
+    size [K] float32 (original tokens represented); side: each [K, ...]; grid (rows, cols).
+    """
+
+    features: Tensor
+    time: Tensor
+    frame: Tensor
+    row: Tensor
+    col: Tensor
+    size: Tensor
+    side: dict[str, Tensor] = field(default_factory=dict)
+    grid: tuple[int, int] = (1, 1)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def position(self) -> Tensor:
+        """Spatial index row * cols + col: [K] int64."""
+        return self.row * self.grid[1] + self.col
+
+    @staticmethod
+    def empty(dim: int, grid: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32) -> TokenSet:
+        """A set with no tokens: features [0, dim]."""
+        z = torch.zeros(0, dtype=torch.int64)
+        return TokenSet(torch.zeros(0, dim, dtype=dtype), torch.zeros(0, dtype=torch.float64), z, z.clone(),
+                        z.clone(), torch.zeros(0, dtype=torch.float32), {}, (int(grid[0]), int(grid[1])))
+
+    def gather(self, idx: Tensor) -> TokenSet:
+        """Apply one index plan idx: LongTensor [K'] to every field."""
+        idx = idx.to(torch.int64)
+        return TokenSet(self.features[idx], self.time[idx], self.frame[idx], self.row[idx], self.col[idx],
+                        self.size[idx], {k: v[idx] for k, v in self.side.items()}, self.grid)
+
+    def merge(self, target: Tensor) -> TokenSet:
+        """Merge every token i into token target[i] ([K] int64; target[i] == i for representatives).
+
+        A merged token takes the size-weighted mean of its group's features, the sum of sizes and
+        keeps the representative's time/frame/row/col/side. Representatives keep their order.
+        Targets must be representatives (target[target] == target).
+        """
+        target = target.to(torch.int64)
+        if len(self) == 0:
+            return self
+        if not bool((target[target] == target).all()):
+            raise ValueError("merge targets must be representatives (target[target] == target)")
+        w = self.size.to(torch.float32)
+        summed = torch.zeros(len(self), self.dim, dtype=torch.float32)
+        summed.index_add_(0, target, self.features.to(torch.float32) * w[:, None])
+        sizes = torch.zeros(len(self), dtype=torch.float32).index_add_(0, target, w)
+        keep = torch.nonzero(target == torch.arange(len(self)), as_tuple=True)[0]
+        feats = (summed[keep] / sizes[keep].clamp_min(1e-12)[:, None]).to(self.features.dtype)
+        kept = self.gather(keep)
+        return replace(kept, features=feats, size=sizes[keep])
+
+    @staticmethod
+    def concat(sets: list[TokenSet]) -> TokenSet:
+        """Concatenate in the given order; empty sets are skipped, side keys are those all sets share."""
+        full = [s for s in sets if len(s) > 0]
+        if not full:
+            return sets[0] if sets else TokenSet.empty(1)
+        if len(full) == 1:
+            return full[0]
+        keys = set.intersection(*(set(s.side) for s in full))
+        cat = torch.cat
+        return TokenSet(
+            cat([s.features for s in full]), cat([s.time for s in full]), cat([s.frame for s in full]),
+            cat([s.row for s in full]), cat([s.col for s in full]), cat([s.size for s in full]),
+            {k: cat([s.side[k] for s in full]) for k in sorted(keys)}, full[-1].grid,
+        )
+
+    def frames(self) -> Tensor:
+        """Unique stream-wide frame ids, ascending: LongTensor [F']."""
+        return torch.unique(self.frame)
+
+    def to(self, device: str | torch.device) -> TokenSet:
+        return TokenSet(self.features.to(device), self.time.to(device), self.frame.to(device),
+                        self.row.to(device), self.col.to(device), self.size.to(device),
+                        {k: v.to(device) for k, v in self.side.items()}, self.grid)
+
+    def half(self) -> TokenSet:
+        """The same set with fp16 features (what serialisation stores)."""
+        return replace(self, features=self.features.to(torch.float16))
+
+    def to_bytes(self) -> bytes:
+        """Serialise: fp16 features, exact everything else. Round-trips exactly once features are fp16."""
+        return self._bytes
+
+    @cached_property
+    def _bytes(self) -> bytes:
+        tensors = {name: getattr(self, name) for name in _FIELDS}
+        tensors["features"] = self.features.to(torch.float16)
+        tensors.update({f"side.{k}": v for k, v in self.side.items()})
+        header, chunks = {"grid": list(self.grid), "dim": self.dim, "tensors": []}, []
+        for name, t in tensors.items():
+            t = t.detach().cpu().contiguous()
+            raw = t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
+            header["tensors"].append([name, str(t.dtype).removeprefix("torch."), list(t.shape), len(raw)])
+            chunks.append(raw)
+        head = json.dumps(header, separators=(",", ":")).encode()
+        return MAGIC + struct.pack("<I", len(head)) + head + b"".join(chunks)
+
+    @property
+    def nbytes(self) -> int:
+        """Length of the serialised bytes."""
+        return len(self._bytes)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> TokenSet:
+        if data[: len(MAGIC)] != MAGIC:
+            raise ValueError("not a serialised TokenSet")
+        (n,) = struct.unpack_from("<I", data, len(MAGIC))
+        start = len(MAGIC) + 4
+        header = json.loads(data[start : start + n])
+        offset, out = start + n, {}
+        for name, dtype, shape, length in header["tensors"]:
+            out[name] = _tensor(data[offset : offset + length], _DTYPES[dtype], shape)
+            offset += length
+        side = {k.removeprefix("side."): v for k, v in out.items() if k.startswith("side.")}
+        return TokenSet(*(out[name] for name in _FIELDS), side=side, grid=tuple(header["grid"]))
+
+
+def _tensor(raw: bytes, dtype: torch.dtype, shape: list[int]) -> Tensor:
+    if not raw:
+        return torch.zeros(shape, dtype=dtype)
+    if dtype == torch.bfloat16:
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(torch.bfloat16).reshape(shape)
+    return torch.from_numpy(np.frombuffer(raw, dtype=str(dtype).removeprefix("torch.")).copy()).reshape(shape)
