@@ -1,0 +1,273 @@
+"""Multiple-choice questions with exact letter answers about a generated stream.
+
+Questions are asked at ``now`` = the last of the frame times the model is shown, about what those
+frames show (an object counts as seen only if it is visible at one of the frame times, and it
+"appeared" at ``t_in`` only if that lies inside the shown span). Every question carries its type,
+how far back its evidence lies (``evidence_s``) and its chance level (1 / number of choices).
+
+Types: present, recall, count, order, attribute, direction, minute (see ``GENERATORS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench.streamgen import COLOURS, DIRECTIONS, SHAPES, ObjectTrack, Stream
+
+LETTERS = "ABCD"
+INSTRUCTION = "Answer with the letter."
+ALL_NAMES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+COUNT_CHOICES = ("0", "1", "2", "3")
+
+
+@dataclass(frozen=True)
+class Question:
+    qtype: str
+    stem: str
+    choices: tuple[str, ...]
+    answer: str  # letter
+    now: float  # media time the question is asked at (seconds)
+    evidence_s: float  # how far back from now the evidence lies
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / len(self.choices)
+
+    @property
+    def text(self) -> str:
+        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(self.choices))
+        return f"{self.stem}\n{options}\n{INSTRUCTION}"
+
+    @property
+    def answer_text(self) -> str:
+        return self.choices[LETTERS.index(self.answer)]
+
+
+@dataclass
+class View:
+    """What the model is shown: tracks seen at the frame times, and helpers over them."""
+
+    tracks: list[ObjectTrack]
+    times: np.ndarray  # [F] seconds, increasing
+    rng: np.random.Generator
+
+    @property
+    def now(self) -> float:
+        return float(self.times[-1])
+
+    @property
+    def step(self) -> float:
+        return float(np.median(np.diff(self.times))) if len(self.times) > 1 else 1.0
+
+    def seen_at(self, trk: ObjectTrack) -> np.ndarray:
+        return self.times[(self.times >= trk.t_in) & (self.times < trk.t_out)]
+
+    def seen(self) -> list[ObjectTrack]:
+        return [trk for trk in self.tracks if len(self.seen_at(trk))]
+
+    def appeared(self) -> list[ObjectTrack]:
+        """Objects whose appearance lies inside the shown span and which were seen."""
+        return [trk for trk in self.seen() if self.times[0] < trk.t_in <= self.now]
+
+    def unique(self, objs: list[ObjectTrack], key: Callable[[ObjectTrack], object]) -> list[ObjectTrack]:
+        keys = [key(o) for o in self.seen()]
+        return [o for o in objs if keys.count(key(o)) == 1]
+
+    def pick(self, items: Sequence):  # type: ignore[no-untyped-def]
+        return items[int(self.rng.integers(len(items)))]
+
+
+def _mc(view: View, correct: str, pool: Sequence[str], n: int = 4) -> tuple[tuple[str, ...], str]:
+    """Shuffle the correct choice with n-1 distractors drawn from pool."""
+    others = [p for p in dict.fromkeys(pool) if p != correct]
+    picked = [others[i] for i in view.rng.permutation(len(others))[: n - 1]]
+    choices = [correct, *picked]
+    order = view.rng.permutation(len(choices))
+    choices = [choices[i] for i in order]
+    return tuple(choices), LETTERS[choices.index(correct)]
+
+
+def _fixed(choices: Sequence[str], correct: str) -> tuple[tuple[str, ...], str]:
+    return tuple(choices), LETTERS[list(choices).index(correct)]
+
+
+def _ago(seconds: float) -> str:
+    if seconds >= 120:
+        return f"{round(seconds / 60)} minutes ago"
+    return f"{round(seconds)} seconds ago"
+
+
+def q_present(view: View) -> Question | None:
+    here = [t for t in view.tracks if t.visible(view.now)]
+    if not here:
+        return None
+    target = view.pick(here)
+    pool = [n for n in ALL_NAMES if n not in {t.name for t in here}]
+    choices, ans = _mc(view, target.name, pool)
+    return Question("present", "What is in view now?", choices, ans, view.now, 0.0, {"object": target.oid})
+
+
+def q_recall(view: View) -> Question | None:
+    tol = max(view.step, 1.0)
+    cands = [t for t in view.appeared() if view.now - t.t_in >= view.step]
+    cands = [t for t in cands if all(o is t or abs(o.t_in - t.t_in) >= tol for o in view.appeared())]
+    if not cands:
+        return None
+    target = view.pick(cands)
+    ago = view.now - target.t_in
+    if ago >= 120:  # said in whole minutes: near a whole minute, and nothing else near that minute
+        mark = 60 * round(ago / 60)
+        if abs(ago - mark) > 15 or any(
+            o is not target and abs(view.now - o.t_in - mark) <= 45 for o in view.appeared()
+        ):
+            return None
+    near = {o.name for o in view.tracks if abs(o.t_in - target.t_in) < tol}
+    pool = [n for n in ALL_NAMES if n not in near]
+    choices, ans = _mc(view, target.name, pool)
+    stem = f"What appeared {_ago(ago)}?"
+    return Question("recall", stem, choices, ans, view.now, ago, {"object": target.oid})
+
+
+def q_count(view: View) -> Question | None:
+    span = view.now - float(view.times[0])
+    ins = [t.t_in for t in view.appeared()]
+    options = []
+    for n_steps in range(2, len(view.times)):
+        window = n_steps * view.step
+        if window > span + 1e-6:
+            break
+        edge = view.now - window
+        if all(abs(t - edge) >= view.step / 2 for t in ins):
+            count = sum(t > edge for t in ins)
+            if count <= 3:
+                options.append((window, count))
+    if not options:
+        return None
+    window, count = view.pick(options)
+    choices, ans = _fixed(COUNT_CHOICES, str(count))
+    unit = f"{round(window / 60)} minutes" if window >= 120 else f"{round(window)} seconds"
+    stem = f"How many objects appeared in the last {unit}?"
+    return Question("count", stem, choices, ans, view.now, window, {"count": count})
+
+
+def q_order(view: View) -> Question | None:
+    objs = view.unique(view.appeared(), lambda t: t.name)
+    pairs = [(a, b) for i, a in enumerate(objs) for b in objs[i + 1 :] if abs(a.t_in - b.t_in) >= 2 * view.step]
+    if not pairs:
+        return None
+    a, b = view.pick(pairs)
+    if view.rng.random() < 0.5:
+        a, b = b, a
+    first = a if a.t_in < b.t_in else b
+    choices, ans = _fixed((a.name, b.name), first.name)
+    stem = f"Which appeared first, the {a.name} or the {b.name}?"
+    evidence = view.now - min(a.t_in, b.t_in)
+    return Question("order", stem, choices, ans, view.now, evidence, {"objects": [a.oid, b.oid]})
+
+
+def q_attribute(view: View) -> Question | None:
+    if view.rng.random() < 0.5:
+        return _colour_of_mover(view) or _shape_of_leaver(view)
+    return _shape_of_leaver(view) or _colour_of_mover(view)
+
+
+def _colour_of_mover(view: View) -> Question | None:
+    movers = [t for t in view.seen() if len(view.seen_at(t)) >= 2]
+    cands = [t for t in movers if [(o.shape, o.direction) for o in view.seen()].count((t.shape, t.direction)) == 1]
+    if not cands:
+        return None
+    target = view.pick(cands)
+    choices, ans = _fixed(tuple(COLOURS), target.colour)
+    stem = f"What colour was the {target.shape} that moved {target.direction}?"
+    evidence = view.now - float(view.seen_at(target)[-1])
+    return Question("attribute", stem, choices, ans, view.now, evidence, {"object": target.oid})
+
+
+def _shape_of_leaver(view: View) -> Question | None:
+    left = [t for t in view.seen() if t.t_out <= view.now]
+    if not left:
+        return None
+    last = max(t.t_out for t in left)
+    lasts = [t for t in left if t.t_out == last]
+    if len(lasts) != 1 or any(last - view.step < t.t_out < last for t in left):
+        return None
+    target = lasts[0]
+    choices, ans = _fixed(SHAPES, target.shape)
+    stem = "What shape was the last object to leave?"
+    return Question("attribute", stem, choices, ans, view.now, view.now - target.t_out, {"object": target.oid})
+
+
+def q_direction(view: View) -> Question | None:
+    cands = view.unique([t for t in view.seen() if len(view.seen_at(t)) >= 2], lambda t: t.name)
+    if not cands:
+        return None
+    target = view.pick(cands)
+    choices, ans = _fixed(tuple(DIRECTIONS), target.direction)
+    stem = f"Which way did the {target.name} move?"
+    evidence = view.now - float(view.seen_at(target)[-1])
+    return Question("direction", stem, choices, ans, view.now, evidence, {"object": target.oid})
+
+
+def q_minute(view: View) -> Question | None:
+    last_minute = int(view.now // 60) + 1
+    if last_minute < 4:
+        return None
+    tol = max(view.step, 1.0)
+    cands = view.unique(view.appeared(), lambda t: t.name)
+    cands = [t for t in cands if tol <= t.t_in % 60 <= 60 - tol]
+    if not cands:
+        return None
+    target = view.pick(cands)
+    minute = int(target.t_in // 60) + 1
+    lo = max(1, minute - 3)
+    first = int(view.rng.integers(lo, min(minute, last_minute - 3) + 1))
+    names = [f"minute {m}" for m in range(first, first + 4)]
+    choices, ans = _fixed(names, f"minute {minute}")
+    stem = f"In which minute did the {target.name} appear?"
+    return Question("minute", stem, choices, ans, view.now, view.now - target.t_in, {"object": target.oid})
+
+
+GENERATORS: dict[str, Callable[[View], Question | None]] = {
+    "present": q_present,
+    "recall": q_recall,
+    "count": q_count,
+    "order": q_order,
+    "attribute": q_attribute,
+    "direction": q_direction,
+    "minute": q_minute,
+}
+QTYPES = tuple(GENERATORS)
+CHANCE = {
+    "present": 0.25,
+    "recall": 0.25,
+    "count": 0.25,
+    "order": 0.5,
+    "attribute": 0.25,
+    "direction": 0.25,
+    "minute": 0.25,
+}
+
+
+def make_questions(
+    tracks: list[ObjectTrack], times: Sequence[float], seed: int, qtypes: Sequence[str] = QTYPES
+) -> list[Question]:
+    """One question per requested type that can be asked about these frames (types that cannot are skipped)."""
+    view = View(list(tracks), np.asarray(times, dtype=np.float64), np.random.default_rng([seed, 3]))
+    out = []
+    for qtype in qtypes:
+        if qtype not in GENERATORS:
+            raise ValueError(f"unknown question type {qtype!r}; valid: {QTYPES}")
+        question = GENERATORS[qtype](view)
+        if question is not None:
+            out.append(question)
+    return out
+
+
+def demo_questions(stream: Stream) -> list[Question]:
+    """Questions for the demo clip, asked at its last whole second (sampled at 1 fps)."""
+    times = np.arange(0.0, stream.spec.seconds, 1.0)
+    return make_questions(stream.tracks, times, seed=stream.spec.seed, qtypes=("present", "direction", "order"))
