@@ -56,12 +56,12 @@ def serve(
 ) -> None:
     """API + ingest + one worker in one process tree (embedded mode by default)."""
     import uvicorn
-    from workers.ingest_manager import IngestManager
 
     from api.main import create_app
     from vidmem.processes import WorkerProcess
     from workers.app import create_celery
     from workers.dispatch import recover_unfinished
+    from workers.ingest_manager import IngestManager
 
     setup_logging()
     settings = load_settings(api_host=host, api_port=port)
@@ -111,9 +111,8 @@ def worker(loglevel: str = "INFO", hostname: str | None = None) -> None:
 @app.command()
 def ingest() -> None:
     """Only the ingest of registered streams (distributed mode)."""
-    from workers.ingest_manager import IngestManager
-
     from workers.app import create_celery
+    from workers.ingest_manager import IngestManager
 
     setup_logging()
     settings = load_settings()
