@@ -1,0 +1,133 @@
+"""Read one opened source until it ends, fails, stalls or is stopped.
+
+Demuxing and decoding are separate steps: only the demuxer decides that a connection is gone
+(plain end of stream or a timeout), while a packet the decoder rejects (typically the one cut off
+by a dying server) is counted and skipped. The decode-skipping planner sees every packet before
+the decoder does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import av
+import av.container
+
+from ingest.entities import IngestConfig
+from ingest.motion import enable_motion_vectors
+from ingest.sampler import Sampler
+from ingest.skipping import DecodePlanner
+from ingest.sources import describe_error
+from ingest.stats import StatsBox
+from ingest.timeline import Timeline
+
+MAX_PACE_LAG_S = 1.0  # a file played in real time that falls further behind restarts its pacing clock
+
+
+class Outcome(StrEnum):
+    EOF = "eof"  # the source ended (a dead RTSP server looks like this too)
+    ERROR = "error"
+    STALL = "stall"  # no video for stall_seconds (read timeout or undecodable packets)
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    outcome: Outcome
+    reason: str
+    frames: int  # frames decoded on this connection
+
+
+SampleSink = Callable[[av.VideoFrame, float], None]  # (decoded frame, media seconds) of each sampled frame
+
+
+class ConnectionReader:
+    """One connection's demux -> plan -> decode -> sample loop."""
+
+    def __init__(
+        self, config: IngestConfig, timeline: Timeline, sampler: Sampler, planner: DecodePlanner,
+        stats: StatsBox, stop: threading.Event, sink: SampleSink, pace: bool,
+    ) -> None:
+        self.config, self.timeline, self.sampler, self.planner = config, timeline, sampler, planner
+        self.stats, self.stop, self.sink, self.pace = stats, stop, sink, pace
+        self.cpu_ms = 0.0  # decode thread CPU time not yet charged to a chunk
+        self._frames = 0
+        self._pace_origin: tuple[float, float] | None = None  # (wall, media seconds)
+        self._progress = time.monotonic()
+
+    def read(self, container: av.container.InputContainer) -> ReadResult:
+        stream = container.streams.video[0]
+        self._prepare(stream.codec_context)
+        self._frames, self._progress, self._pace_origin = 0, time.monotonic(), None
+        self.planner.reset()
+        try:
+            for packet in container.demux(stream):
+                if self.stop.is_set():
+                    return ReadResult(Outcome.STOPPED, "stopped", self._frames)
+                self._on_packet(stream, packet)
+                if time.monotonic() - self._progress > self.config.stall_seconds:
+                    return ReadResult(Outcome.STALL, self._stall_reason("no decodable video"), self._frames)
+        except (av.error.TimeoutError, av.error.ExitError):
+            return ReadResult(Outcome.STALL, self._stall_reason("read timed out"), self._frames)
+        except (av.FFmpegError, OSError) as exc:
+            return ReadResult(Outcome.ERROR, describe_error(exc), self._frames)
+        return ReadResult(Outcome.EOF, "end of stream", self._frames)
+
+    def _prepare(self, codec_context: av.codec.context.CodecContext) -> None:
+        codec_context.thread_count = 1  # one thread per stream: no frame delay, best CPU per frame
+        codec_context.skip_frame = self.planner.skip_frame
+        if self.config.export_motion:
+            enable_motion_vectors(codec_context)
+
+    def _stall_reason(self, what: str) -> str:
+        return f"stalled: {what} for {time.monotonic() - self._progress:.1f} s"
+
+    def _on_packet(self, stream: av.video.stream.VideoStream, packet: av.Packet) -> None:
+        if packet.size == 0:  # the demuxer's final empty packet: flush the decoder
+            self._decode(stream, None)
+            return
+        pts = packet.pts if packet.pts is not None else packet.dts
+        seconds = self.timeline.seconds(pts, packet.time_base)
+        self.stats.add(frames_read=1)
+        if self.pace:
+            self._wait_for(seconds)
+        if self.planner.should_decode(seconds, packet.is_keyframe, self.sampler.next_due):
+            self._decode(stream, packet)
+        else:
+            self._progress = time.monotonic()
+            self.stats.add(frames_skipped=1)
+
+    def _decode(self, stream: av.video.stream.VideoStream, packet: av.Packet | None) -> None:
+        cpu0 = time.thread_time()
+        try:
+            frames = stream.codec_context.decode(packet)
+        except av.FFmpegError:
+            frames = []
+            self.stats.add(decode_errors=1)
+        self.cpu_ms += (time.thread_time() - cpu0) * 1e3
+        for frame in frames:
+            self._on_frame(frame)
+
+    def _on_frame(self, frame: av.VideoFrame) -> None:
+        self._frames += 1
+        self._progress = time.monotonic()
+        self.stats.add(frames_decoded=1)
+        seconds = self.timeline.seconds(frame.pts, frame.time_base)
+        if self.sampler.accept(seconds):
+            self.sink(frame, seconds)
+
+    def _wait_for(self, seconds: float) -> None:
+        """Play a file at its own rate: sleep until this packet's media time is due."""
+        now = time.monotonic()
+        if self._pace_origin is None:
+            self._pace_origin = (now, seconds)
+        wall0, media0 = self._pace_origin
+        delay = wall0 + (seconds - media0) - now
+        if delay > 0:
+            self.stop.wait(delay)
+        elif delay < -MAX_PACE_LAG_S:
+            self._pace_origin = (now, seconds)

@@ -1,0 +1,159 @@
+"""StreamIngest on real H.264 files: order, timestamps, pacing, loops, failures, backpressure."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from ingest.entities import Chunk, DropPolicy, IngestConfig, StatusEvent, StreamStatus
+from ingest.runner import StreamIngest
+
+FAST = IngestConfig(sample_fps=2.0, chunk_seconds=2.0, frame_size=32, realtime=False)
+
+
+def test_stream_ingest_when_file_read_fast_delivers_ordered_chunks_with_timestamps(run_ingest, make_h264, tmp_path):
+    # given a 6 s clip at 10 fps
+    path = make_h264(tmp_path / "clip.mp4", seconds=6.0, fps=10)
+    # when it is ingested as fast as possible at 2 fps in 2 s chunks
+    ingest, got = run_ingest(str(path), FAST)
+    # then three full chunks arrive in order with frames every 0.5 s
+    assert [c.seq for c in got.chunks] == [0, 1, 2]
+    assert [(c.t_start, c.t_end) for c in got.chunks] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]
+    seconds = [f.seconds for c in got.chunks for f in c.frames]
+    assert seconds == pytest.approx([i * 0.5 for i in range(12)]), "one frame per 1/sample_fps of media time"
+    assert [f.index for c in got.chunks for f in c.frames] == list(range(12))
+    assert all(f.image.shape == (32, 32, 3) and f.image.dtype == np.uint8 for c in got.chunks for f in c.frames)
+    assert got.statuses == [StreamStatus.CONNECTING, StreamStatus.LIVE, StreamStatus.ENDED]
+    stats = ingest.stats()
+    assert stats["frames_read"] == 60 and stats["frames_sampled"] == 12 and stats["chunks_emitted"] == 3
+
+
+def test_stream_ingest_when_file_read_shows_the_moving_square(run_ingest, make_h264, tmp_path):
+    # given a clip whose red square moves left to right
+    path = make_h264(tmp_path / "clip.mp4", seconds=4.0, fps=10, size=64)
+    # when ingested at the source size
+    _, got = run_ingest(str(path), IngestConfig(sample_fps=1.0, chunk_seconds=4.0, frame_size=None, realtime=False))
+    # then the red square's centre moves right from frame to frame
+    frames = got.chunks[0].frames
+    centres = [np.argwhere((f.image[..., 0] > 150) & (f.image[..., 1] < 100))[:, 1].mean() for f in frames]
+    assert np.all(np.diff(centres) > 0), f"square centres {centres} should increase"
+
+
+def test_stream_ingest_when_realtime_plays_file_at_its_own_rate(run_ingest, make_h264, tmp_path):
+    # given a 2 s clip
+    path = make_h264(tmp_path / "clip.mp4", seconds=2.0, fps=10)
+    t0 = time.monotonic()
+    # when played in real time
+    _, got = run_ingest(str(path), IngestConfig(sample_fps=2.0, chunk_seconds=1.0, frame_size=16, realtime=True))
+    # then it takes about as long as the clip
+    assert 1.7 < time.monotonic() - t0 < 4.0
+    assert len(got.chunks) == 2
+
+
+def test_stream_ingest_when_looping_continues_timeline_and_seq(run_ingest, make_h264, tmp_path):
+    # given a 1 s clip played in a loop
+    path = make_h264(tmp_path / "clip.mp4", seconds=1.0, fps=10)
+    config = IngestConfig(sample_fps=2.0, chunk_seconds=1.0, frame_size=16, realtime=False, loop=True,
+                          drop_policy=DropPolicy.BLOCK)
+    ingest, got = run_ingest(str(path), config, wait=False)
+    # when five chunks have arrived
+    assert got.wait_for(lambda: len(got.chunks) >= 5, timeout=10)
+    ingest.stop()
+    assert ingest.join(5)
+    # then seq and media time run on across the loop points
+    chunks = got.chunks[:5]
+    assert [c.seq for c in chunks] == [0, 1, 2, 3, 4]
+    assert [c.t_start for c in chunks] == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0])
+    assert got.final is not None and got.final.status is StreamStatus.STOPPED
+
+
+def test_stream_ingest_when_file_is_corrupt_fails_with_reason(run_ingest, tmp_path):
+    # given a file that is not a video
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 40)
+    # when ingested
+    _, got = run_ingest(str(path), FAST)
+    # then the stream fails with a reason naming the problem, and no chunk arrives
+    assert got.final is not None and got.final.status is StreamStatus.FAILED
+    assert "InvalidDataError" in got.final.reason or "no video" in got.final.reason, got.final.reason
+    assert got.chunks == []
+
+
+def test_stream_ingest_when_file_is_truncated_ends_with_what_it_could_read(run_ingest, make_h264, tmp_path):
+    # given a clip cut in half (an MKV: the index is not needed to read it)
+    full = make_h264(tmp_path / "clip.mkv", seconds=6.0, fps=10)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    # when ingested
+    _, got = run_ingest(str(cut), FAST)
+    # then the first part arrives and the stream ends cleanly
+    assert got.final is not None and got.final.status is StreamStatus.ENDED, got.events
+    assert 0 < len(got.chunks) < 3
+
+
+@pytest.mark.parametrize(
+    ("url", "config", "expected"),
+    [
+        ("ftp://cam.example/live", FAST, "scheme 'ftp' is not allowed"),
+        ("/tmp/any.mp4", IngestConfig(allow_files=False), "local files are disabled"),
+        ("/nonexistent/clip.mp4", FAST, "no such file"),
+        ("device:///dev/video0", FAST, "capture devices are disabled"),
+    ],
+)
+def test_stream_ingest_when_source_refused_fails_at_once(run_ingest, url, config, expected):
+    # when a refused source is ingested
+    _, got = run_ingest(url, config, timeout=5)
+    # then the only event is a failure that says why
+    assert got.statuses == [StreamStatus.FAILED]
+    assert expected in got.final.reason
+
+
+def test_stream_ingest_when_url_does_not_answer_retries_without_leaking_credentials(run_ingest, caplog):
+    # given a URL with credentials where nothing listens
+    caplog.set_level(logging.DEBUG)
+    config = IngestConfig(open_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.1, max_retries=3)
+    # when ingested
+    ingest, got = run_ingest("rtsp://alice:s3cret@127.0.0.1:1/live", config, timeout=10)
+    # then it retries, then fails with the reason; the password is nowhere
+    assert got.statuses[0] is StreamStatus.CONNECTING and got.final.status is StreamStatus.FAILED
+    assert "Connection refused" in got.final.reason and "gave up after 3" in got.final.reason
+    shown = " ".join(str(e) for e in got.events) + caplog.text + repr(ingest) + str(ingest.stats())
+    assert "s3cret" not in shown and "alice" not in shown
+
+
+def test_stream_ingest_when_delivery_is_slow_drops_oldest_chunks_and_keeps_seq(run_ingest, make_h264, tmp_path):
+    # given a live-like source (real time) and a callback much slower than the chunk rate
+    path = make_h264(tmp_path / "clip.mp4", seconds=3.0, fps=20)
+    config = IngestConfig(sample_fps=10.0, chunk_seconds=0.2, frame_size=16, realtime=True, queue_chunks=1)
+    # when ingested
+    ingest, got = run_ingest(str(path), config, chunk_delay_s=0.6)
+    # then chunks were dropped and counted, what arrived is numbered without holes and in time order
+    stats = ingest.stats()
+    assert stats["chunks_dropped"] > 0 and stats["frames_dropped"] > 0
+    assert [c.seq for c in got.chunks] == list(range(len(got.chunks)))
+    starts = [c.t_start for c in got.chunks]
+    assert starts == sorted(starts)
+    assert stats["chunks_emitted"] + stats["chunks_dropped"] == 15
+
+
+def test_stream_ingest_when_callback_raises_keeps_going(make_h264, tmp_path):
+    # given a callback that fails on the first chunk only
+    path = make_h264(tmp_path / "clip.mp4", seconds=4.0, fps=10)
+    calls: list[int] = []
+    events: list[StatusEvent] = []
+
+    def flaky(chunk: Chunk) -> None:
+        calls.append(chunk.seq)
+        if chunk.seq == 0:
+            raise RuntimeError("boom")
+
+    ingest = StreamIngest("s1", str(path), FAST, flaky, events.append)
+    # when the ingest runs to its end
+    ingest.start()
+    assert ingest.join(10)
+    # then later chunks were still delivered and the error was counted
+    assert calls == [0, 1] and ingest.stats()["callback_errors"] == 1
+    assert events[-1].status is StreamStatus.ENDED
