@@ -112,3 +112,19 @@ def segments_from_similarity(sim: Tensor, tau: float) -> Tensor:
     """Segment id per frame given cos(frame t-1, frame t) for t = 1..F-1: sim [F-1] -> [F] int64."""
     cut = torch.cat([torch.zeros(1, dtype=torch.int64), (sim < tau).to(torch.int64)])
     return torch.cumsum(cut, 0)
+
+
+def require_model(model: object, method: str, need: str) -> object:
+    """The model hooks, or a ValueError naming what the method needs."""
+    if model is None:
+        raise ValueError(f"stage-2 method {method!r} needs model hooks ({need}): pass "
+                         f"SelectContext(model=...) with a vlm adapter")
+    return model
+
+
+def as_scores(values: object, k: int, what: str) -> Tensor:
+    """Hook output as a finite float64 vector [k]."""
+    t = torch.as_tensor(values).detach().to("cpu", torch.float64).reshape(-1)
+    if t.numel() != k:
+        raise ValueError(f"{what} returned {t.numel()} scores for {k} tokens")
+    return torch.nan_to_num(t, nan=float("-inf"))

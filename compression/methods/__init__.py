@@ -1,3 +1,16 @@
 """Every compression method, one module each; importing this package registers them all."""
 
-from compression.methods import none, uniform  # noqa: F401
+from compression.methods import (  # noqa: F401
+    adatp,
+    adatp_local,
+    cacovid,
+    divprune,
+    dtd,
+    fastv,
+    none,
+    random,
+    tome,
+    uniform,
+    visionzip,
+    vtm,
+)

@@ -1,0 +1,48 @@
+"""``divprune``: keep a maximally diverse subset (max-min diversity), query-agnostic (stage 2).
+
+Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models",
+arXiv 2503.02175, CVPR 2025, section 3 (Eq. 4-6): select the subset maximising the minimum pairwise
+cosine distance, solved greedily: repeatedly add the token whose distance to the selected set is
+largest. The first pick is the token farthest from the set's mean [ASSUMPTION: the paper's seed
+choice is not reproduced here]. The greedy loop runs ``budget`` steps, each vectorised over all K
+tokens (O(budget * K * D)), which is what the method is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from compression.registry import SelectContext, register_method
+from compression.tokens import TokenSet
+
+
+@register_method("divprune", stage=2)
+class DivPrune:
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
+        if budget >= len(tokens):
+            return tokens
+        if budget <= 0:
+            return tokens.gather(torch.zeros(0, dtype=torch.int64))
+        x = F.normalize(tokens.features.float(), dim=-1)  # [K, D]
+        centre = F.normalize(x.mean(0), dim=0)
+        first = int(torch.argmin(x @ centre))
+        chosen = torch.empty(budget, dtype=torch.int64)
+        chosen[0] = first
+        dist = 1.0 - x @ x[first]  # [K] cosine distance to the selected set
+        dist[first] = -1.0
+        for step in range(1, budget):  # picks, each vectorised over the K tokens
+            pick = int(torch.argmax(dist))
+            chosen[step] = pick
+            dist = torch.minimum(dist, 1.0 - x @ x[pick])  # chosen tokens stay at -1
+            dist[pick] = -1.0
+        return tokens.gather(torch.sort(chosen).values)

@@ -1,0 +1,50 @@
+"""``random``: a seeded random subset, the lower bound every table carries (stages 1 and 2).
+
+Stage 1 keeps round(ratio * F * N) tokens of each chunk, drawn with a generator seeded from
+(seed, frame_offset) so a stream replays identically. Stage 2 keeps ``budget`` tokens drawn with a
+generator seeded from (seed, context.seed). Kept tokens stay in time order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from compression.ops import keep_sorted
+from compression.registry import SelectContext, register_method
+from compression.tokens import TokenBlock, TokenSet
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+@register_method("random", stage=(1, 2))
+class RandomSubset:
+    @dataclass(frozen=True)
+    class Params:
+        ratio: float = 0.5  # stage 1: fraction of each chunk's tokens kept
+        seed: int = 0
+
+    def __init__(self, params: Params) -> None:
+        if not 0.0 <= params.ratio <= 1.0:
+            raise ValueError(f"random ratio must lie in [0, 1], got {params.ratio}")
+        self.params = params
+
+    def init_state(self) -> dict:
+        return {}
+
+    def update(self, state: dict, block: TokenBlock) -> tuple[dict, TokenSet]:
+        tokens = block.to_tokenset()
+        k = math.floor(self.params.ratio * len(tokens) + 0.5)
+        perm = torch.randperm(len(tokens), generator=_generator(self.params.seed, block.frame_offset))
+        return state, keep_sorted(tokens, perm[:k])
+
+    def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
+        perm = torch.randperm(len(tokens), generator=_generator(self.params.seed, context.seed))
+        return keep_sorted(tokens, perm[: max(budget, 0)])

@@ -1,0 +1,86 @@
+"""``tome``: bipartite soft matching over a chunk's tokens, in space and across frames (stage 1).
+
+Bolya et al., "Token Merging: Your ViT but Faster", arXiv 2210.09461, ICLR 2023, section 3
+("Token Merging", bipartite soft matching, steps 1-5) and the size-weighted average with
+proportional sizes (section 3, "Tracking Token Size"). As in the paper, one round partitions the
+tokens alternately into A (even index) and B (odd index), draws one edge from every A token to its
+most similar B token (cosine similarity), keeps the r most similar edges and merges those A tokens
+into their B partners, size-weighted; at most half the tokens go per round, so lower ratios run
+several rounds. Deviations, on purpose: the metric is the token features (no attention keys exist
+after the encoder); the output keeps time order instead of ToMe's [unmerged A, B] order; with
+``mode=spacetime`` the chunk's F*N tokens form one sequence, so an A token may merge into a B token
+of another frame (merging across frames), with ``mode=spatial`` each frame is matched on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from compression.registry import register_method
+from compression.tokens import TokenBlock, TokenSet
+
+
+def bipartite_targets(metric: Tensor, r: int) -> Tensor:
+    """One round of bipartite soft matching: metric [B, T, D] -> merge target per token [B, T].
+
+    target[b, i] == i for tokens that stay; for the r merged A tokens it is their B partner's index.
+    """
+    b, t, _ = metric.shape
+    target = torch.arange(t).expand(b, t).clone()
+    r = min(r, t // 2)
+    if r <= 0:
+        return target
+    x = F.normalize(metric.float(), dim=-1)
+    a_idx, b_idx = torch.arange(0, t, 2), torch.arange(1, t, 2)
+    scores = x[:, a_idx] @ x[:, b_idx].transpose(1, 2)  # [B, |A|, |B|] cosine
+    best, partner = scores.max(dim=-1)  # [B, |A|]
+    sources = torch.sort(best, dim=-1, descending=True, stable=True).indices[:, :r]  # [B, r] A slots
+    target.scatter_(1, a_idx[sources], b_idx[partner.gather(1, sources)])
+    return target
+
+
+def tome_round(tokens: TokenSet, r: int) -> TokenSet:
+    """One bipartite-soft-matching round over the whole set (A = even, B = odd): K -> K - min(r, K//2)."""
+    return tokens.merge(bipartite_targets(tokens.features[None], r)[0])
+
+
+def tome_to(tokens: TokenSet, keep: int, frames: int = 1) -> TokenSet:
+    """Repeat rounds until ``keep`` tokens remain; frames > 1 matches each of ``frames`` equal frames alone."""
+    while len(tokens) > keep:
+        per = len(tokens) // frames
+        r = min(per // 2, math.ceil((len(tokens) - keep) / frames))
+        if r <= 0:
+            break
+        local = bipartite_targets(tokens.features.reshape(frames, per, -1), r)  # [frames, per]
+        tokens = tokens.merge((local + torch.arange(frames)[:, None] * per).reshape(-1))
+    return tokens
+
+
+@register_method("tome", stage=1)
+class ToMe:
+    @dataclass(frozen=True)
+    class Params:
+        ratio: float = 0.5  # fraction of each chunk's tokens kept
+        mode: Literal["spacetime", "spatial"] = "spacetime"
+
+    def __init__(self, params: Params) -> None:
+        if not 0.0 < params.ratio <= 1.0:
+            raise ValueError(f"tome ratio must lie in (0, 1], got {params.ratio}")
+        self.params = params
+
+    def init_state(self) -> dict:
+        return {}
+
+    def update(self, state: dict, block: TokenBlock) -> tuple[dict, TokenSet]:
+        tokens = block.to_tokenset()
+        f, n = block.features.shape[:2]
+        if self.params.mode == "spatial":
+            keep_per_frame = max(1, math.floor(self.params.ratio * n + 0.5))
+            return state, tome_to(tokens, keep_per_frame * f, frames=max(f, 1))
+        return state, tome_to(tokens, max(1, math.floor(self.params.ratio * f * n + 0.5)))

@@ -1,0 +1,130 @@
+"""``vtm``: Video Token Merging with saliency-driven target selection (stage 1).
+
+Lee et al., "Video Token Merging for Long-form Video Understanding", arXiv 2410.23782, NeurIPS 2024.
+Section 3.1 (Eqs. 1-5): tokens are partitioned into targets T (|T| = N/gamma) and sources S; every
+source is matched to its most similar target (cosine) and only the R = merge_ratio*|S| most similar
+sources are merged (Eq. 5, R = 0.8|S| by Table 9). Target selection (section 3.2-3.4):
+
+- ``naive``: every gamma-th token is a target (Eq. 1);
+- ``center`` / ``boundary`` (region-concentrated, section 3.2): the central H/2 x W/2 region uses
+  partition factor gamma/2 and the rest 3*gamma/2 (``boundary`` swaps them);
+- ``motion`` (section 3.3): targets drawn with p_i = softmax(v)_i from the per-token motion
+  magnitude v = block.side["motion"] [F, N] (codec motion vectors passed by ingest);
+- ``learnable`` (section 3.4, Fig. 4): saliency s = tanh(x U_s) from a trained vector U_s [D]
+  (``saliency_path=`` file or ``saliency=`` tensor; training lives with the learned methods);
+  inference takes the top-|T| saliency tokens (``sample=true`` draws from softmax(s) instead; the
+  paper does not say which it uses).
+
+Adaptation to a frozen Video LLM: the chunk is one window; the metric is the encoder features (no
+attention keys here); merged features are size-weighted means (the paper's plain average equals it
+for fresh size-1 tokens); merged tokens keep the target's time and position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from compression.registry import register_method
+from compression.tokens import TokenBlock, TokenSet
+
+
+def load_saliency(path: str | Path) -> Tensor:
+    """A learnable-VTM saliency vector U_s [D] from a torch file (a tensor or a dict holding "u_s")."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if isinstance(blob, dict):
+        blob = blob.get("u_s", blob.get("saliency"))
+    if not isinstance(blob, Tensor):
+        raise ValueError(f"{path} holds no saliency vector (a tensor or a dict with key 'u_s')")
+    return blob.reshape(-1).float()
+
+
+@register_method("vtm", stage=1)
+class VideoTokenMerging:
+    @dataclass(frozen=True)
+    class Params:
+        target: Literal["naive", "center", "boundary", "motion", "learnable"] = "naive"
+        gamma: float = 6.0  # partition factor: |T| = N / gamma (Table 5)
+        merge_ratio: float = 0.8  # R = merge_ratio * |S| (Table 9)
+        sample: bool = False  # learnable: sample targets from softmax(s) instead of top-k
+        saliency_path: str = ""
+        seed: int = 0
+
+    def __init__(self, params: Params, saliency: Tensor | None = None) -> None:
+        if params.gamma < 1:
+            raise ValueError(f"vtm gamma must be >= 1, got {params.gamma}")
+        if saliency is None and params.saliency_path:
+            saliency = load_saliency(params.saliency_path)
+        if params.target == "learnable" and saliency is None:
+            raise ValueError("vtm:target=learnable needs a trained saliency vector: pass saliency_path=<file> "
+                             "(see `vidmem train vtm`) or saliency=<tensor [D]>")
+        self.params, self.saliency = params, saliency
+
+    def init_state(self) -> dict:
+        return {}
+
+    def update(self, state: dict, block: TokenBlock) -> tuple[dict, TokenSet]:
+        tokens = block.to_tokenset()
+        if len(tokens) == 0:
+            return state, tokens
+        targets = self.targets(tokens, block)
+        return state, merge_sources(tokens, targets, self.params.merge_ratio)
+
+    def targets(self, tokens: TokenSet, block: TokenBlock) -> Tensor:
+        """Boolean target mask [F*N]."""
+        n_total, p = len(tokens), self.params
+        k = max(1, round(n_total / p.gamma))
+        if p.target == "naive":
+            return torch.arange(n_total) % max(1, round(p.gamma)) == 0
+        if p.target in ("center", "boundary"):
+            return _region_targets(tokens, p.gamma, centre_first=p.target == "center")
+        gen = torch.Generator().manual_seed(p.seed * 1_000_003 + block.frame_offset)
+        if p.target == "motion":
+            if "motion" not in block.side:
+                raise ValueError("vtm:target=motion needs block.side['motion'] [F, N] from ingest")
+            return _pick(block.side["motion"].reshape(-1).float(), k, sample=True, gen=gen)
+        if self.saliency.numel() != tokens.dim:
+            raise ValueError(f"saliency vector has {self.saliency.numel()} entries, features have D={tokens.dim}")
+        s = torch.tanh(tokens.features.float() @ self.saliency)  # [F*N] saliency in (-1, 1)
+        return _pick(s, k, sample=p.sample, gen=gen)
+
+
+def _pick(scores: Tensor, k: int, sample: bool, gen: torch.Generator) -> Tensor:
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    if sample:
+        idx = torch.multinomial(torch.softmax(scores, 0), min(k, scores.numel()), replacement=False, generator=gen)
+    else:
+        idx = torch.sort(scores, descending=True, stable=True).indices[:k]
+    mask[idx] = True
+    return mask
+
+
+def _region_targets(tokens: TokenSet, gamma: float, centre_first: bool) -> Tensor:
+    rows, cols = tokens.grid
+    centre = ((tokens.row >= rows // 4) & (tokens.row < rows - rows // 4)
+              & (tokens.col >= cols // 4) & (tokens.col < cols - cols // 4))
+    dense = centre if centre_first else ~centre
+    step_dense, step_sparse = max(1, round(gamma / 2)), max(1, round(1.5 * gamma))
+    rank_dense = torch.cumsum(dense.to(torch.int64), 0) - 1  # index among the dense region's tokens
+    rank_sparse = torch.cumsum((~dense).to(torch.int64), 0) - 1
+    return torch.where(dense, rank_dense % step_dense == 0, rank_sparse % step_sparse == 0)
+
+
+def merge_sources(tokens: TokenSet, targets: Tensor, merge_ratio: float) -> TokenSet:
+    """Merge the R = merge_ratio*|S| sources most similar to their best target (Eqs. 3-5)."""
+    t_idx = torch.nonzero(targets, as_tuple=True)[0]
+    s_idx = torch.nonzero(~targets, as_tuple=True)[0]
+    r = int(round(merge_ratio * s_idx.numel()))
+    if r <= 0 or t_idx.numel() == 0:
+        return tokens
+    x = F.normalize(tokens.features.float(), dim=-1)
+    best, partner = (x[s_idx] @ x[t_idx].T).max(dim=-1)  # [|S|] best target per source
+    chosen = torch.sort(best, descending=True, stable=True).indices[:r]
+    target = torch.arange(len(tokens))
+    target[s_idx[chosen]] = t_idx[partner[chosen]]
+    return tokens.merge(target)
