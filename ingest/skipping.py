@@ -31,6 +31,8 @@ class DecodePlanner:
 
     def reset(self) -> None:
         self._last_key: float | None = None
+        self._last_packet: float | None = None
+        self._step = 0.0  # seconds between two packets (frames), from the latest pair
         self._gop_skipped = False  # part of this GOP was not decoded: nothing after it decodes cleanly
 
     @property
@@ -46,6 +48,9 @@ class DecodePlanner:
         """Whether the packet at media time ``seconds`` must go to the decoder."""
         if self.mode is SkipMode.NONE:
             return True
+        if self._last_packet is not None and seconds - self._last_packet > TIME_EPS:
+            self._step = seconds - self._last_packet
+        self._last_packet = seconds
         if is_key:
             return self._on_key(seconds, next_due)
         if self._last_key is None or self._gop_skipped or self.mode is SkipMode.KEYFRAMES:
@@ -68,8 +73,9 @@ class DecodePlanner:
         return decode
 
     def _target_in_gop(self, next_due: float) -> bool:
-        """True when the sampler's next frame is before the predicted next keyframe."""
+        """True when the sampler's next frame (the first at or after ``next_due``) is in this GOP,
+        i.e. ``next_due`` is not later than the last frame before the predicted next keyframe."""
         gop = self.gop_seconds
         if gop is None or self._last_key is None or math.isinf(next_due):
             return True
-        return next_due < self._last_key + gop - TIME_EPS
+        return next_due < self._last_key + gop - max(self._step / 2, TIME_EPS)

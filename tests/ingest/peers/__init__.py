@@ -1,0 +1,1 @@
+"""Real peers for the ingest tests: an RTSP server process, a headless browser."""
