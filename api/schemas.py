@@ -15,8 +15,6 @@ class StreamCreate(BaseModel):
 
 
 class StreamPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     id: str
     name: str
     source: str = Field(description="the source URL with any credentials redacted")

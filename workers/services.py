@@ -161,7 +161,7 @@ def answer_question(rt: Runtime, question_id: str) -> str:
         stream_id, text = question.stream_id, question.text
         window = (question.window_start, question.window_end)
     current = StreamMemory.load(rt, stream_id)
-    tokens = current.memory.window(*window) if window != (None, None) else current.memory.tokens
+    tokens = current.memory.window(*window)
     if len(tokens) == 0:
         _store_answer(rt, question_id, answer=NO_VIDEO_ANSWER, before=0, after=0, timings={})
         return "no video yet"
