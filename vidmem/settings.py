@@ -39,6 +39,8 @@ class Settings(BaseSettings):
 
     chunk_seconds: float = Field(4.0, gt=0)
     sample_fps: float = Field(1.0, gt=0)
+    frame_size: int = Field(384, ge=16, description="ingest resizes frames once to this square side")
+    stall_seconds: float = Field(10.0, gt=0, description="no frame for this long: reconnect")
     max_pending_chunks: int = Field(8, ge=1, description="per stream; older unprocessed chunks are dropped")
     blob_ttl_seconds: int = Field(3600, ge=1)
 

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import func, select
 
-from ingest.entities import Chunk, IngestConfig, StatusEvent
+from ingest.entities import Chunk, StatusEvent
 from ingest.runner import StreamIngest
 from store import repo
 from store.db import session_scope
 from store.models import ChunkRecord, StreamStatus
 from workers.dispatch import submit_chunk
 from workers.runtime import Runtime
+from workers.sources import ingest_config
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +87,13 @@ class IngestManager:
     def _start(self, stream_id: str, url: str, loop: bool) -> None:
         seq_base, time_base = self._resume_point(stream_id)
         ingest = StreamIngest(
-            stream_id, url, self._config(loop),
+            stream_id, url, ingest_config(self.runtime.settings, loop=loop),
             on_chunk=lambda chunk: self._on_chunk(stream_id, chunk),
             on_status=lambda event: self._on_status(stream_id, event),
         )
         self._running[stream_id] = Running(ingest, seq_base, time_base)
         ingest.start()
         log.info("stream %s: ingest started (seq from %d)", stream_id, seq_base)
-
-    def _config(self, loop: bool) -> IngestConfig:
-        settings = self.runtime.settings
-        return IngestConfig(
-            sample_fps=settings.sample_fps, chunk_seconds=settings.chunk_seconds, loop=loop,
-            allowed_schemes=tuple(settings.allowed_schemes), allow_files=settings.allow_files,
-        )
 
     def _resume_point(self, stream_id: str) -> tuple[int, float]:
         with session_scope(self.runtime.sessions) as session:

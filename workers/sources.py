@@ -1,54 +1,32 @@
-"""Which video sources a user may register, checked before anything is stored.
+"""Which video sources a user may register: ingest's policy, fed from the settings.
 
-Schemes are configurable; local files and capture devices are refused unless enabled. The
-stored URL keeps its credentials (ingest needs them); everything shown or logged is redacted.
+Checked before anything is stored, so a refused source never becomes a stream. The stored URL
+keeps its credentials (ingest needs them); everything shown or logged is redacted.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import urlsplit
-
+from ingest.entities import IngestConfig
+from ingest.errors import SourceRefused
+from ingest.sources import check_source as check_ingest_source
+from ingest.sources import redact_url
 from vidmem.settings import Settings
 
-DEVICE_PREFIXES = ("/dev/video", "v4l2://", "device://")
+SourceRejected = SourceRefused
+
+__all__ = ["SourceRejected", "check_source", "ingest_config", "redact_url"]
 
 
-class SourceRejected(ValueError):
-    """The source is not allowed or cannot exist; the message says why."""
-
-
-def redact_url(url: str) -> str:
-    """``rtsp://user:secret@host/x`` -> ``rtsp://***@host/x``; other strings unchanged."""
-    parts = urlsplit(url)
-    if not parts.netloc or "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"***@{host}").geturl()
+def ingest_config(settings: Settings, *, loop: bool = False) -> IngestConfig:
+    """The ingest configuration of one stream under ``settings``."""
+    return IngestConfig(
+        sample_fps=settings.sample_fps, chunk_seconds=settings.chunk_seconds, frame_size=settings.frame_size,
+        loop=loop, allowed_schemes=tuple(settings.allowed_schemes), allow_files=settings.allow_files,
+        allow_devices=settings.allow_devices, stall_seconds=settings.stall_seconds,
+        queue_chunks=settings.max_pending_chunks,
+    )
 
 
 def check_source(source: str, settings: Settings) -> str:
-    """The normalised source if ``settings`` allow it, else SourceRejected with the reason."""
-    source = source.strip()
-    if source.startswith(DEVICE_PREFIXES):
-        if not settings.allow_devices:
-            raise SourceRejected("capture devices are disabled (VIDMEM_ALLOW_DEVICES=true enables them)")
-        return source
-    scheme = urlsplit(source).scheme.lower()
-    if scheme in ("", "file") or len(scheme) == 1:  # a path (one letter: a Windows drive)
-        return _check_file(source, settings)
-    if scheme not in settings.allowed_schemes:
-        allowed = ", ".join(s for s in settings.allowed_schemes if s != "file")
-        raise SourceRejected(f"scheme {scheme!r} is not allowed; allowed: {allowed}")
-    if not urlsplit(source).hostname:
-        raise SourceRejected(f"{redact_url(source)!r} has no host")
-    return source
-
-
-def _check_file(source: str, settings: Settings) -> str:
-    if not settings.allow_files or "file" not in settings.allowed_schemes:
-        raise SourceRejected("local files are disabled (VIDMEM_ALLOW_FILES=true enables them)")
-    path = Path(source.removeprefix("file://")).expanduser()
-    if not path.is_file():
-        raise SourceRejected(f"no such file: {path}")
-    return str(path.resolve())
+    """The source as it will be stored if ``settings`` allow it, else SourceRejected saying why."""
+    return check_ingest_source(source, ingest_config(settings)).url
