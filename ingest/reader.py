@@ -25,6 +25,7 @@ from ingest.sources import describe_error
 from ingest.stats import StatsBox
 from ingest.timeline import Timeline
 
+INTRA_CODECS = ("rawvideo", "wrapped_avframe", "mjpeg")  # packets may lack the keyframe flag
 MAX_PACE_LAG_S = 1.0  # a file played in real time that falls further behind restarts its pacing clock
 
 
@@ -56,12 +57,15 @@ class ConnectionReader:
         self.stats, self.stop, self.sink, self.pace = stats, stop, sink, pace
         self.cpu_ms = 0.0  # decode thread CPU time not yet charged to a chunk
         self._frames = 0
+        self._intra_only = False  # every frame decodes on its own (raw video, MJPEG): each is a "keyframe"
         self._pace_origin: tuple[float, float] | None = None  # (wall, media seconds)
         self._progress = time.monotonic()
 
     def read(self, container: av.container.InputContainer) -> ReadResult:
         stream = container.streams.video[0]
         self._prepare(stream.codec_context)
+        codec = stream.codec_context.codec
+        self._intra_only = bool(codec.intra_only) or codec.name in INTRA_CODECS
         self._frames, self._progress, self._pace_origin = 0, time.monotonic(), None
         self.planner.reset()
         try:
@@ -95,7 +99,8 @@ class ConnectionReader:
         self.stats.add(frames_read=1)
         if self.pace:
             self._wait_for(seconds)
-        if self.planner.should_decode(seconds, packet.is_keyframe, self.sampler.next_due):
+        is_key = packet.is_keyframe or self._intra_only
+        if self.planner.should_decode(seconds, is_key, self.sampler.next_due):
             self._decode(stream, packet)
         else:
             self._progress = time.monotonic()

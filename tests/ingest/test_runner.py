@@ -157,3 +157,15 @@ def test_stream_ingest_when_callback_raises_keeps_going(make_h264, tmp_path):
     # then later chunks were still delivered and the error was counted
     assert calls == [0, 1] and ingest.stats()["callback_errors"] == 1
     assert events[-1].status is StreamStatus.ENDED
+
+
+def test_stream_ingest_when_device_source_is_lavfi_ingests_it_live(run_ingest):
+    # given a capture device stand-in (lavfi; these machines have no /dev/video*)
+    config = IngestConfig(sample_fps=5.0, chunk_seconds=0.5, frame_size=16, allow_devices=True,
+                          device_format="lavfi")
+    # when ingested
+    ingest, got = run_ingest("device://testsrc2=size=64x48:rate=20,realtime", config, wait=False)
+    # then chunks arrive like from any live source
+    assert got.wait_for(lambda: len(got.chunks) >= 2, timeout=10), got.events
+    assert ingest.status is StreamStatus.LIVE
+    assert got.chunks[0].frames[0].image.shape == (16, 16, 3)
