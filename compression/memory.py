@@ -5,9 +5,11 @@ Video Understanding", arXiv 2307.16449, CVPR 2024, section 3.2 "memory consolida
 merge the most similar temporally adjacent entries. vidmem works per token: the temporal neighbour
 of a token is the next token (in time) at the same spatial position (row, col). All merges of one
 update are planned at once: the ``excess`` most similar neighbour edges are chosen (top-k on cosine
-similarity), each chosen run of edges collapses into its earliest token with size-weighted features,
-which removes exactly one token per edge. Only when merging cannot reach the budget (the budget is
-below the number of distinct spatial positions held) are the oldest tokens evicted.
+similarity), each chosen run of edges collapses into its latest token with size-weighted features,
+which removes exactly one token per edge; side["t_start"] keeps the earliest time a token stands for,
+so ``time`` is when its content was last seen and window queries see the whole span. Only the part
+of the excess merging cannot remove (the budget is below the number of distinct spatial positions
+held) is evicted, oldest first.
 Cost: one stable sort plus one top-k, O(n log n) in memory size n.
 """
 
@@ -44,6 +46,7 @@ class Memory:
 
     def append(self, new: TokenSet) -> Memory:
         """Append a stage-1 TokenSet (later in time than what is held), then consolidate to budget."""
+        new = replace(new, side={**new.side, "t_start": new.side.get("t_start", new.time).to(torch.float64)})
         merged = new if self.tokens is None else TokenSet.concat([self.tokens, new])
         if len(merged) and bool((merged.time[1:] < merged.time[:-1]).any()):
             merged = merged.gather(stable_argsort(merged.time))
@@ -55,14 +58,20 @@ class Memory:
         )
 
     def window(self, t0: float | None = None, t1: float | None = None) -> TokenSet:
-        """Tokens with t0 <= time <= t1 (either end open when None)."""
+        """Tokens seen inside [t0, t1] (either end open when None), in time order.
+
+        A token stands for the span [side["t_start"], time] of the originals merged into it; it is
+        returned when that span meets the window.
+        """
         if self.tokens is None:
             return TokenSet.empty(1)
-        lo = 0 if t0 is None else int(torch.searchsorted(self.tokens.time, torch.tensor([float(t0)],
-                                                                                     dtype=torch.float64)))
-        hi = len(self.tokens) if t1 is None else int(
-            torch.searchsorted(self.tokens.time, torch.tensor([float(t1)], dtype=torch.float64), right=True))
-        return self.tokens.gather(torch.arange(lo, max(lo, hi)))
+        ts = self.tokens
+        inside = torch.ones(len(ts), dtype=torch.bool)
+        if t0 is not None:
+            inside &= ts.time >= float(t0)
+        if t1 is not None:
+            inside &= ts.side["t_start"] <= float(t1)
+        return ts.gather(torch.nonzero(inside, as_tuple=True)[0])
 
     def to_bytes(self) -> bytes:
         return self._bytes
@@ -94,23 +103,31 @@ class Memory:
 
 
 def consolidate(tokens: TokenSet, budget: int) -> tuple[TokenSet, int, int]:
-    """Bring ``tokens`` (time-ordered, K) down to at most ``budget``: (tokens, merged, evicted)."""
-    excess = len(tokens) - max(budget, 0)
+    """Bring ``tokens`` (time-ordered, K) down to at most ``budget``: (tokens, merged, evicted).
+
+    Merging can remove at most one token per temporal edge (K - distinct positions); only the part
+    of the excess that merging cannot remove is evicted, oldest first, before merging.
+    """
+    budget = max(budget, 0)
+    excess = len(tokens) - budget
     if excess <= 0:
         return tokens, 0, 0
-    merged = merge_temporal_neighbours(tokens, excess)
-    n_merged = len(tokens) - len(merged)
-    evict = len(merged) - max(budget, 0)
-    if evict > 0:
-        merged = merged.gather(torch.arange(evict, len(merged)))
-    return merged, n_merged, max(evict, 0)
+    edges = len(tokens) - int(torch.unique(tokens.position).numel())
+    early = max(0, excess - edges)
+    kept = tokens.gather(torch.arange(early, len(tokens))) if early else tokens
+    merged = merge_temporal_neighbours(kept, len(kept) - budget)
+    late = max(0, len(merged) - budget)
+    if late:
+        merged = merged.gather(torch.arange(late, len(merged)))
+    return merged, len(kept) - len(merged) - late, early + late
 
 
 def merge_temporal_neighbours(tokens: TokenSet, count: int) -> TokenSet:
     """Merge up to ``count`` most similar (token, next token at the same position) pairs.
 
-    tokens: K time-ordered tokens. Returns K - min(count, #edges) tokens in time order; each run of
-    chosen edges collapses into its earliest token (size-weighted mean, sizes summed).
+    tokens: K time-ordered tokens carrying side["t_start"]. Returns K - min(count, #edges) tokens in
+    time order; each run of chosen edges collapses into its latest token (size-weighted mean, sizes
+    summed), whose side["t_start"] becomes the run's earliest start.
     """
     k = len(tokens)
     order = stable_argsort(tokens.position)  # [K] grouped by position, time order inside a position
@@ -120,10 +137,13 @@ def merge_temporal_neighbours(tokens: TokenSet, count: int) -> TokenSet:
         return tokens
     sim = cosine_rows(tokens.features[order[edges]], tokens.features[order[edges + 1]])
     chosen = edges[torch.topk(sim, min(count, edges.numel())).indices]
-    link = torch.zeros(k, dtype=torch.bool)
-    link[chosen + 1] = True  # sorted slot j merges into slot j-1 when link[j]
+    forward = torch.zeros(k, dtype=torch.bool)
+    forward[chosen] = True  # sorted slot j merges into slot j+1 when forward[j]
     slots = torch.arange(k)
-    head_slot = torch.cummax(torch.where(link, 0, slots), 0).values  # start of each run
+    tail_slot = torch.flip(torch.cummin(torch.flip(torch.where(forward, k, slots), [0]), 0).values, [0])
     target = torch.empty(k, dtype=torch.int64)
-    target[order] = order[head_slot]
-    return tokens.merge(target)
+    target[order] = order[tail_slot]  # every run ends in its latest token
+    first_seen = tokens.side.get("t_start", tokens.time)
+    start = first_seen.scatter_reduce(0, target, first_seen, "amin")
+    merged = tokens.merge(target)
+    return replace(merged, side={**merged.side, "t_start": start[target == slots]})
