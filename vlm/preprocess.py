@@ -4,10 +4,11 @@ torchvision cannot be imported on the project's CPU machines, so neither the HF 
 nor any HF ``*Processor`` can be built. This module reproduces what the PIL image processors do:
 
 - ``pil_resize``: Pillow's two-pass separable resampling (``ImagingResample`` in
-  ``libImaging/Resample.c``, Pillow 9-13): per output pixel a window of ``support * scale`` input
-  pixels, normalised filter weights converted to 22-bit fixed point, horizontal pass first, each
-  pass rounded and clipped to uint8. Reproduced with exact float64 matrix products (every partial
-  sum is an integer below 2**53), so the uint8 result is bit-identical to ``Image.resize``.
+  ``libImaging/Resample.c``, Pillow 13.0): per output pixel a window of ``support * scale`` input
+  pixels, normalised filter weights converted to 22-bit fixed point, horizontal pass first unless
+  the height shrinks by more than twice the width, each pass rounded and clipped to uint8.
+  Reproduced with exact float64 matrix products (every partial sum is an integer below 2**53),
+  so the uint8 result is bit-identical to ``Image.resize``.
 - ``normalize``: ``x / 255`` then ``(x - mean) / std`` in float32, like ``rescale`` + ``normalize``.
 - ``smart_resize`` and ``qwen_patchify``: Qwen2-VL's target size and patch layout
   (``transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize``, 5.23, copied).
@@ -59,7 +60,7 @@ def _coeffs(in_size: int, out_size: int, mode: str) -> torch.Tensor:
         center = (xx + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
         xmax = min(int(center + support + 0.5), in_size)
-        w = fn((np.arange(xmin, xmax) - center + 0.5) / filterscale)
+        w = fn((np.arange(xmin, xmax) - center + 0.5) * (1.0 / filterscale))
         total = w.sum()
         if total != 0.0:
             w = w / total
@@ -78,10 +79,14 @@ def pil_resize(frames: torch.Tensor, size: tuple[int, int], mode: str = "bicubic
     """Resize like ``PIL.Image.resize``: frames uint8 [F, H, W, 3] -> uint8 [F, h, w, 3] (size = (h, w))."""
     height, width = size
     x = frames.permute(0, 3, 1, 2).to(torch.float64)  # [F, 3, H, W]
-    if x.shape[-1] != width:
-        x = _pass(x, _coeffs(x.shape[-1], width, mode))
-    if x.shape[-2] != height:
-        x = _pass(x.transpose(-1, -2), _coeffs(x.shape[-2], height, mode)).transpose(-1, -2)
+    in_h, in_w = x.shape[-2:]
+    # Pillow 10+: the vertical pass goes first when height shrinks by more than twice the width
+    vertical_first = (in_h - height) > 0 and (in_h - height) > (in_w - width) * 2
+    for axis in ("v", "h") if vertical_first else ("h", "v"):
+        if axis == "h" and in_w != width:
+            x = _pass(x, _coeffs(in_w, width, mode))
+        if axis == "v" and in_h != height:
+            x = _pass(x.transpose(-1, -2), _coeffs(in_h, height, mode)).transpose(-1, -2)
     return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
