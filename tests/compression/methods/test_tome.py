@@ -1,0 +1,98 @@
+"""ToMe against a direct, loop-based reading of bipartite soft matching (Bolya et al., ICLR 2023, sec. 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from compression.methods.tome import tome_round, tome_to
+from compression.registry import build_method
+from compression.tokens import TokenSet
+from tests.compression.helpers import synthetic_block
+
+
+def reference_bipartite_soft_matching(x: list[list[float]], size: list[float], r: int):  # type: ignore[no-untyped-def]
+    """The paper's steps, one token at a time: A = even, B = odd; one edge per A token to its most
+    similar B token (cosine); the r most similar edges merge A into B with size-weighted averaging.
+    Returns {original index of each surviving token: (features, size)}."""
+
+    def cos(u: list[float], v: list[float]) -> float:
+        dot = sum(a * b for a, b in zip(u, v, strict=True))
+        return dot / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
+
+    a_side, b_side = list(range(0, len(x), 2)), list(range(1, len(x), 2))
+    edges = []
+    for a in a_side:
+        best_b, best = None, -math.inf
+        for b in b_side:
+            s = cos(x[a], x[b])
+            if s > best:
+                best_b, best = b, s
+        edges.append((best, a, best_b))
+    edges.sort(key=lambda e: -e[0])
+    merged_into = {a: b for _, a, b in edges[: min(r, len(a_side), len(b_side))]}
+    acc = {i: ([v * size[i] for v in x[i]], size[i]) for i in range(len(x)) if i not in merged_into}
+    for a, b in merged_into.items():
+        feats, s = acc[b]
+        acc[b] = ([f + v * size[a] for f, v in zip(feats, x[a], strict=True)], s + size[a])
+    return {i: ([f / s for f in feats], s) for i, (feats, s) in acc.items()}
+
+
+def _as_tokens(features: torch.Tensor, sizes: torch.Tensor) -> TokenSet:
+    k = features.shape[0]
+    ar = torch.arange(k)
+    return TokenSet(features, ar.to(torch.float64), ar, torch.zeros(k, dtype=torch.int64), ar, sizes, {}, (1, k))
+
+
+@pytest.mark.parametrize(("tokens", "r", "seed"), [(20, 4, 0), (21, 10, 1), (64, 32, 2), (7, 1, 3)])
+def test_tome_round_when_compared_with_the_loop_reference_then_identical(tokens, r, seed):
+    # given random tokens with uneven sizes (as after earlier merges)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, 6, generator=gen, dtype=torch.float64).float()
+    sizes = torch.randint(1, 5, (tokens,), generator=gen).float()
+    # when one round runs, vectorised and by the loop reference
+    out = tome_round(_as_tokens(x, sizes), r)
+    ref = reference_bipartite_soft_matching(x.tolist(), sizes.tolist(), r)
+    # then the same tokens survive with the same size-weighted features and sizes
+    assert out.col.tolist() == sorted(ref), "surviving tokens differ from the reference"
+    for i, (col, feats, size) in enumerate(zip(out.col.tolist(), out.features, out.size, strict=True)):
+        ref_feats, ref_size = ref[col]
+        assert size.item() == pytest.approx(ref_size), f"size of token {i}"
+        assert feats.tolist() == pytest.approx(ref_feats, abs=1e-5), f"features of token {i}"
+
+
+def test_tome_to_when_ratio_needs_several_rounds_then_repeats_the_reference_round():
+    # given 40 tokens reduced to 9 (needs 3 rounds: 40 -> 20 -> 10 -> 9)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 4, generator=gen)
+    out = tome_to(_as_tokens(x, torch.ones(40)), 9)
+    # when the reference is applied round after round on its own output
+    feats, sizes = x.tolist(), [1.0] * 40
+    for r in (20, 10, 1):
+        ref = reference_bipartite_soft_matching(feats, sizes, r)
+        feats, sizes = [ref[i][0] for i in sorted(ref)], [ref[i][1] for i in sorted(ref)]
+    # then both agree
+    assert len(out) == 9
+    assert out.size.tolist() == pytest.approx(sizes)
+    assert out.features.tolist() == [pytest.approx(f, abs=1e-5) for f in feats]
+
+
+def test_tome_when_spacetime_then_tokens_merge_across_frames():
+    # given two identical frames: the best partner of every token is its copy in the other frame
+    block = synthetic_block(frames=2, grid=(1, 4), seed=1)
+    same = block.features[:1].repeat(2, 1, 1)
+    from dataclasses import replace
+
+    block = replace(block, features=same)
+    # when a spacetime round keeps half the tokens
+    _, out = build_method("tome:ratio=0.5").update({}, block)
+    # then sizes add up and merges crossed the frame boundary (one frame's worth of tokens remain)
+    assert len(out) == 4 and float(out.size.sum()) == 8.0
+
+
+def test_tome_when_spatial_then_every_frame_keeps_the_same_count():
+    _, out = build_method("tome:ratio=0.25,mode=spatial").update({}, synthetic_block(frames=3, seed=2))
+    assert torch.bincount(out.frame).tolist() == [4, 4, 4]
+    assert torch.bincount(out.frame, weights=out.size).tolist() == [16.0, 16.0, 16.0], "merges stay in-frame"
