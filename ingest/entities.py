@@ -120,6 +120,7 @@ class IngestConfig:
     skip: SkipMode = SkipMode.AUTO
     export_motion: bool = False
     motion_grid: tuple[int, int] = (16, 16)  # (rows, cols) of Frame.motion
+    ice_hosts: tuple[str, ...] = ()  # WebRTC: local addresses offered as ICE host candidates; () = all but loopback
     queue_chunks: int = 8  # bound of the chunk queue between decoding and on_chunk
     drop_policy: DropPolicy | None = None  # None: BLOCK for files read as fast as possible, else DROP_OLDEST
     extra_options: dict[str, str] = field(default_factory=dict)  # more FFmpeg options, passed to av.open

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -19,7 +18,7 @@ import av.container
 
 from ingest.entities import IngestConfig
 from ingest.motion import enable_motion_vectors
-from ingest.sampler import Sampler
+from ingest.pipeline import FramePipeline
 from ingest.skipping import DecodePlanner
 from ingest.sources import describe_error
 from ingest.stats import StatsBox
@@ -43,19 +42,15 @@ class ReadResult:
     frames: int  # frames decoded on this connection
 
 
-SampleSink = Callable[[av.VideoFrame, float], None]  # (decoded frame, media seconds) of each sampled frame
-
-
 class ConnectionReader:
     """One connection's demux -> plan -> decode -> sample loop."""
 
     def __init__(
-        self, config: IngestConfig, timeline: Timeline, sampler: Sampler, planner: DecodePlanner,
-        stats: StatsBox, stop: threading.Event, sink: SampleSink, pace: bool,
+        self, config: IngestConfig, pipeline: FramePipeline, planner: DecodePlanner, stop: threading.Event, pace: bool,
     ) -> None:
-        self.config, self.timeline, self.sampler, self.planner = config, timeline, sampler, planner
-        self.stats, self.stop, self.sink, self.pace = stats, stop, sink, pace
-        self.cpu_ms = 0.0  # decode thread CPU time not yet charged to a chunk
+        self.config, self.pipeline, self.planner, self.stop, self.pace = config, pipeline, planner, stop, pace
+        self.timeline: Timeline = pipeline.timeline
+        self.stats: StatsBox = pipeline.stats
         self._frames = 0
         self._intra_only = False  # every frame decodes on its own (raw video, MJPEG): each is a "keyframe"
         self._pace_origin: tuple[float, float] | None = None  # (wall, media seconds)
@@ -100,7 +95,7 @@ class ConnectionReader:
         if self.pace:
             self._wait_for(seconds)
         is_key = packet.is_keyframe or self._intra_only
-        if self.planner.should_decode(seconds, is_key, self.sampler.next_due):
+        if self.planner.should_decode(seconds, is_key, self.pipeline.sampler.next_due):
             self._decode(stream, packet)
         else:
             self._progress = time.monotonic()
@@ -113,17 +108,14 @@ class ConnectionReader:
         except av.FFmpegError:
             frames = []
             self.stats.add(decode_errors=1)
-        self.cpu_ms += (time.thread_time() - cpu0) * 1e3
+        self.pipeline.charge((time.thread_time() - cpu0) * 1e3)
         for frame in frames:
             self._on_frame(frame)
 
     def _on_frame(self, frame: av.VideoFrame) -> None:
         self._frames += 1
         self._progress = time.monotonic()
-        self.stats.add(frames_decoded=1)
-        seconds = self.timeline.seconds(frame.pts, frame.time_base)
-        if self.sampler.accept(seconds):
-            self.sink(frame, seconds)
+        self.pipeline.offer(frame, self.timeline.seconds(frame.pts, frame.time_base))
 
     def _wait_for(self, seconds: float) -> None:
         """Play a file at its own rate: sleep until this packet's media time is due."""

@@ -23,6 +23,7 @@ from ingest.errors import SourceRefused, SourceUnavailable
 log = logging.getLogger(__name__)
 
 DEVICE_PREFIXES = ("device://", "v4l2://")
+WEBRTC_PREFIX = "webrtc://"
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 # Low probing: the RTSP SDP already names the codec and size, so the first frame comes in ~0.1 s, not ~1 s.
 RTSP_OPTIONS = {"fflags": "nobuffer", "flags": "low_delay", "analyzeduration": "0", "probesize": "32"}
@@ -32,6 +33,7 @@ class SourceKind(StrEnum):
     NETWORK = "network"
     FILE = "file"
     DEVICE = "device"
+    WEBRTC = "webrtc"  # a browser pushes its webcam to us (ingest.webrtc); nothing is fetched
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ def check_source(url: str, config: IngestConfig) -> Source:
     url = url.strip()
     if url.startswith(DEVICE_PREFIXES):
         return _check_device(url, config)
+    if url.startswith(WEBRTC_PREFIX):
+        name = url.removeprefix(WEBRTC_PREFIX).strip("/")
+        if not name:
+            raise SourceRefused(f"{url!r} names no stream (webrtc://<name>)")
+        return Source(url, SourceKind.WEBRTC, "webrtc", name)
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("", "file") or len(scheme) == 1:  # a path (one letter: a Windows drive)
         return _check_file(url, config)

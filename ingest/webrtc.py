@@ -1,0 +1,168 @@
+"""Receive a browser's webcam over WebRTC (aiortc) into the same pipeline as every other source.
+
+A stream whose URL is ``webrtc://<name>`` runs a ``WebRTCReceiver`` as its decode thread: an
+asyncio loop of its own that waits for SDP offers. The API hands an offer over with
+``answer_offer(name, sdp, type)`` (from any thread or event loop in the same process) and gets
+the answer back. Each offer replaces the previous peer connection; the time in between is a gap
+on the stream's timeline, like an RTSP reconnect. aiortc decodes every frame it receives (VP8 or
+H.264), so the page caps the browser's frame rate instead (see ``Answer.max_framerate``).
+
+ICE host candidates are the machine's addresses except loopback (aioice's default), or exactly
+``IngestConfig.ice_hosts`` when set, e.g. ``("127.0.0.1",)`` on a loopback-only test network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import aioice.ice
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from ingest.delivery import Delivery
+from ingest.entities import IngestConfig, StatusEvent, StreamStatus
+from ingest.errors import IngestError
+from ingest.pipeline import FramePipeline
+from ingest.sources import Source
+from ingest.stats import StatsBox
+from ingest.timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1  # how often the receiver checks for stop and stalls
+_DEFAULT_HOST_ADDRESSES = aioice.ice.get_host_addresses
+
+
+class WebRTCNotReady(IngestError):
+    """No running WebRTC ingest has this name in this process (not started yet, or another process)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    sdp: str
+    type: str
+    max_framerate: float  # what the browser need send: more would be decoded only to be dropped
+
+
+_receivers: dict[str, WebRTCReceiver] = {}  # name -> running receiver; the process-wide rendezvous
+_receivers_lock = threading.Lock()
+
+
+def is_waiting(name: str) -> bool:
+    """True when a WebRTC ingest named ``name`` runs in this process and takes offers."""
+    with _receivers_lock:
+        return name in _receivers
+
+
+async def answer_offer(name: str, sdp: str, type_: str = "offer", timeout: float = 15.0) -> Answer:
+    """Give the offer to the receiver named ``name`` and return its answer (usable from any loop)."""
+    with _receivers_lock:
+        receiver = _receivers.get(name)
+    if receiver is None or receiver.loop is None:
+        raise WebRTCNotReady(f"no WebRTC ingest named {name!r} is running in this process")
+    future = asyncio.run_coroutine_threadsafe(receiver.accept(sdp, type_), receiver.loop)
+    return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+
+
+def use_ice_hosts(hosts: tuple[str, ...]) -> None:
+    """Offer exactly ``hosts`` as ICE host candidates, process-wide (aioice has no per-connection knob)."""
+    if hosts:
+        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(hosts)
+    else:
+        aioice.ice.get_host_addresses = _DEFAULT_HOST_ADDRESSES
+
+
+class WebRTCReceiver:
+    """The decode thread of a browser stream."""
+
+    def __init__(
+        self, stream_id: str, source: Source, config: IngestConfig, stats: StatsBox, delivery: Delivery,
+        stop: threading.Event,
+    ) -> None:
+        self.stream_id, self.name, self.config = stream_id, source.path, config
+        self.stats, self.delivery, self.stop = stats, delivery, stop
+        timeline = Timeline(live=True, min_gap_s=max(1.0 / config.sample_fps, 0.5))
+        self.pipeline = FramePipeline(stream_id, config, timeline, stats, delivery, f"browser {self.name!r}", stop)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._last_frame = time.monotonic()
+        self._stalled = False
+
+    def run(self) -> StatusEvent:
+        """Serve offers until stopped; returns the final status."""
+        self.loop = asyncio.new_event_loop()
+        use_ice_hosts(self.config.ice_hosts)
+        with _receivers_lock:
+            if self.name in _receivers:
+                return self.delivery.event(StreamStatus.FAILED, f"a WebRTC ingest named {self.name!r} already runs")
+            _receivers[self.name] = self
+        try:
+            return self.loop.run_until_complete(self._serve())
+        finally:
+            with _receivers_lock:
+                _receivers.pop(self.name, None)
+            self.loop.close()
+
+    async def accept(self, sdp: str, type_: str) -> Answer:
+        """Answer a browser's offer with a new peer connection (the previous one is closed)."""
+        await self._close_pc()
+        pc = RTCPeerConnection()
+        self._pc = pc
+        pc.on("track", lambda track: self._on_track(pc, track))
+        pc.on("connectionstatechange", lambda: self._on_state(pc))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
+        await pc.setLocalDescription(await pc.createAnswer())
+        self.stats.add(connects=1)
+        self.pipeline.new_connection()
+        self.pipeline.timeline.new_segment()
+        log.info("stream %s: WebRTC offer answered", self.stream_id)
+        local = pc.localDescription
+        return Answer(local.sdp, local.type, max_framerate=min(30.0, max(5.0, 2 * self.config.sample_fps)))
+
+    async def _serve(self) -> StatusEvent:
+        self.delivery.report(StreamStatus.CONNECTING, f"waiting for a browser to send video to {self.name!r}")
+        while not self.stop.is_set():
+            await asyncio.sleep(TICK_S)
+            self._check_stall()
+        await self._close_pc()
+        self.pipeline.flush()
+        return self.delivery.event(StreamStatus.STOPPED, "stopped by request")
+
+    def _check_stall(self) -> None:
+        idle = time.monotonic() - self._last_frame
+        if self.pipeline.live_reported and not self._stalled and idle > self.config.stall_seconds:
+            self._stalled = True
+            self.pipeline.flush()
+            self.pipeline.new_connection()  # the next frame reports LIVE again
+            self.delivery.report(StreamStatus.RECONNECTING, f"stalled: no video from the browser for {idle:.1f} s")
+
+    def _on_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            asyncio.ensure_future(self._consume(pc, track))
+
+    async def _consume(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+        while pc is self._pc:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.stats.add(frames_read=1)
+            self._last_frame, self._stalled = time.monotonic(), False
+            self.pipeline.offer(frame, self.pipeline.timeline.seconds(frame.pts, frame.time_base))
+
+    def _on_state(self, pc: RTCPeerConnection) -> None:
+        state = pc.connectionState
+        log.info("stream %s: WebRTC connection %s", self.stream_id, state)
+        if pc is self._pc and state in ("failed", "closed"):
+            self.pipeline.flush()
+            self.stats.add(reconnects=1)
+            self.delivery.report(StreamStatus.RECONNECTING, f"browser connection {state}; waiting for a new offer")
+
+    async def _close_pc(self) -> None:
+        pc, self._pc = self._pc, None
+        if pc is not None:
+            await pc.close()

@@ -1,0 +1,72 @@
+"""WebRTC ingest: an aiortc peer (fast) and headless Chromium with a fake webcam (slow, own netns)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+
+from ingest.entities import IngestConfig, StreamStatus
+from ingest.webrtc import WebRTCNotReady, answer_offer, is_waiting
+
+LOOPBACK = IngestConfig(sample_fps=5.0, chunk_seconds=1.0, frame_size=32, ice_hosts=("127.0.0.1",), stall_seconds=2.0)
+
+
+class HalvesTrack(VideoStreamTrack):
+    """A 160x120 webcam whose left half is red and right half blue."""
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        image = np.zeros((120, 160, 3), np.uint8)
+        image[:, :80] = (220, 20, 20)
+        image[:, 80:] = (20, 20, 220)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+async def _send_webcam(name: str, seconds: float) -> None:
+    pc = RTCPeerConnection()
+    pc.addTrack(HalvesTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    answer = await answer_offer(name, pc.localDescription.sdp, pc.localDescription.type)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type=answer.type))
+    await asyncio.sleep(seconds)
+    await pc.close()
+
+
+def _wait_until(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_answer_offer_when_no_ingest_runs_raises_not_ready():
+    with pytest.raises(WebRTCNotReady, match="nobody"):
+        asyncio.run(answer_offer("nobody", "v=0", "offer"))
+
+
+def test_webrtc_ingest_when_peer_sends_video_delivers_chunks_with_its_content(run_ingest):
+    # given a WebRTC ingest waiting for a browser
+    ingest, got = run_ingest("webrtc://cam-a", LOOPBACK, wait=False, stream_id="cam-a")
+    assert _wait_until(lambda: is_waiting("cam-a"), 5)
+    # when a peer sends its webcam for 3 s
+    asyncio.run(_send_webcam("cam-a", 3.0))
+    assert got.wait_for(lambda: len(got.chunks) >= 2, timeout=10), got.events
+    # then chunks arrive in order with the webcam's picture: red left, blue right
+    assert [c.seq for c in got.chunks[:2]] == [0, 1]
+    image = got.chunks[1].frames[-1].image.astype(int)
+    assert image[:, :12, 0].mean() > 150 and image[:, :12, 2].mean() < 90, "left half red"
+    assert image[:, 20:, 2].mean() > 150 and image[:, 20:, 0].mean() < 90, "right half blue"
+    assert StreamStatus.LIVE in got.statuses
+    # and when the peer hangs up, the ingest waits for the next offer
+    assert got.wait_for(lambda: got.statuses[-1] is StreamStatus.RECONNECTING, timeout=LOOPBACK.stall_seconds + 3)
+    ingest.stop()
+    assert ingest.join(5) and got.final.status is StreamStatus.STOPPED
