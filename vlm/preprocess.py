@@ -32,7 +32,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
-FILTERS = {"bicubic": 2.0, "bilinear": 1.0}  # name -> support
+FILTERS = {"bicubic": 2.0, "bilinear": 1.0, "lanczos": 3.0}  # name -> support
 
 
 def _bicubic(x: np.ndarray) -> np.ndarray:
@@ -48,10 +48,19 @@ def _bilinear(x: np.ndarray) -> np.ndarray:
     return np.where(x < 1.0, 1.0 - x, 0.0)
 
 
+def _sinc(x: np.ndarray) -> np.ndarray:
+    safe = np.where(x == 0.0, 1.0, x * np.pi)
+    return np.where(x == 0.0, 1.0, np.sin(safe) / safe)
+
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    return np.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3), 0.0)
+
+
 @lru_cache(maxsize=64)
 def _coeffs(in_size: int, out_size: int, mode: str) -> torch.Tensor:
     """Fixed-point weights [out, in] float64 (integers) of Pillow's ``precompute_coeffs``."""
-    support, fn = FILTERS[mode], {"bicubic": _bicubic, "bilinear": _bilinear}[mode]
+    support, fn = FILTERS[mode], {"bicubic": _bicubic, "bilinear": _bilinear, "lanczos": _lanczos}[mode]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support *= filterscale
@@ -146,7 +155,7 @@ def qwen_patchify(frames: torch.Tensor, patch: int = 14, temporal: int = 2,
     return x.reshape(gt * gh * gw, chans * temporal * patch * patch).contiguous(), torch.tensor([[gt, gh, gw]])
 
 
-RESAMPLE_NAMES = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
+RESAMPLE_NAMES = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ def _save_image_processor(family: str, config: PretrainedConfig, folder: Path) -
         proc = SmolVLMImageProcessorPil(size={"longest_edge": size}, max_image_size={"longest_edge": size},
                                         do_image_splitting=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     else:
-        proc = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56)
+        proc = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
     proc.save_pretrained(folder)
 
 
