@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -12,6 +17,10 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from ingest.entities import IngestConfig, StreamStatus
 from ingest.webrtc import WebRTCNotReady, answer_offer, is_waiting
+from tests.ingest.peers import skip_or_fail
+from tests.ingest.peers.browser import chromium_path
+
+REPO = Path(__file__).resolve().parents[2]
 
 LOOPBACK = IngestConfig(sample_fps=5.0, chunk_seconds=1.0, frame_size=32, ice_hosts=("127.0.0.1",), stall_seconds=2.0)
 
@@ -70,3 +79,31 @@ def test_webrtc_ingest_when_peer_sends_video_delivers_chunks_with_its_content(ru
     assert got.wait_for(lambda: got.statuses[-1] is StreamStatus.RECONNECTING, timeout=LOOPBACK.stall_seconds + 3)
     ingest.stop()
     assert ingest.join(5) and got.final.status is StreamStatus.STOPPED
+
+
+def _netns_missing() -> str | None:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare/ip (util-linux, iproute2) are missing"
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return f"cannot create a network namespace: {probe.stderr.decode().strip()}"
+    return None
+
+
+@pytest.mark.slow
+def test_webrtc_ingest_when_chromium_streams_its_fake_webcam_delivers_its_picture(tmp_path):
+    # given headless Chromium, a fake webcam playing a red|blue y4m, and a loopback-only namespace
+    missing = ("chromium is missing (Debian: chromium)" if chromium_path() is None else None) or _netns_missing()
+    if missing:
+        skip_or_fail(missing)
+    script = f"ip link set lo up; exec {sys.executable} -m tests.ingest.peers.webcam_roundtrip --workdir {tmp_path}"
+    # when the webcam page streams it over WebRTC into a webrtc:// ingest
+    done = subprocess.run(["unshare", "-n", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # then chunks arrive in order, and their frames show the webcam's red left and blue right
+    seqs = [c[0] for c in result["chunks"]]
+    assert len(seqs) >= 3 and seqs == list(range(len(seqs))), result["chunks"]
+    for left, right in result["halves"]:
+        assert left[0] > 150 and left[2] < 90 and right[2] > 150 and right[0] < 90, result["halves"]
+    assert result["statuses"][:2] == ["connecting", "live"] and result["statuses"][-1] == "stopped"

@@ -8,7 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.ingest.peers import skip_or_fail
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's interpreter: it has python3-gi, the venv does not
 SCRIPT = Path(__file__).with_name("gst_rtsp_server.py")
@@ -29,11 +29,8 @@ def gst_rtsp_missing() -> str | None:
 def need_gst_rtsp() -> None:
     """Skip (locally) or fail (CI=1) when the Debian packages are absent."""
     missing = gst_rtsp_missing()
-    if missing is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(missing)
-    pytest.skip(missing)
+    if missing is not None:
+        skip_or_fail(missing)
 
 
 def free_port() -> int:

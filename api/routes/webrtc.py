@@ -1,0 +1,98 @@
+"""WebRTC: ``POST /streams/{id}/webrtc`` answers a browser's SDP offer; ``GET /webcam`` is the page.
+
+The stream (``webrtc://<id>``) is created on the first offer if it does not exist. Its ingest is
+started by the ingest manager like any other stream and receives the offer through
+``ingest.webrtc.answer_offer``; that needs the ingest in the API's process (``vidmem serve``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import RuntimeDep, Writer
+from ingest.webrtc import WebRTCNotReady, answer_offer, is_waiting
+from store import repo
+from store.db import session_scope
+from store.models import Stream, StreamStatus
+from store.repo import NotFound
+from workers.runtime import Runtime
+
+router = APIRouter(tags=["webrtc"])
+
+PAGE = Path(__file__).resolve().parent.parent / "static" / "webcam.html"
+STREAM_ID = r"^[A-Za-z0-9_-]{1,32}$"
+INGEST_WAIT_S = 10.0  # the ingest manager starts new streams within about a second
+FINAL = {StreamStatus.ended, StreamStatus.failed, StreamStatus.stopped}
+
+
+class WebRTCOffer(BaseModel):
+    sdp: str = Field(min_length=1, max_length=200_000)
+    type: Literal["offer"] = "offer"
+
+
+class WebRTCAnswer(BaseModel):
+    stream_id: str
+    sdp: str
+    type: str
+    max_framerate: float = Field(description="frames per second the browser need send")
+
+
+@router.get("/webcam", response_class=HTMLResponse, include_in_schema=False)
+def webcam_page() -> HTMLResponse:
+    """The page that streams this browser's webcam."""
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
+@router.post("/streams/{stream_id}/webrtc", dependencies=[Writer])
+async def webrtc_offer(stream_id: str, offer: WebRTCOffer, runtime: RuntimeDep) -> WebRTCAnswer:
+    """Answer a browser's SDP offer; its webcam becomes the stream's video (created if new)."""
+    if not _valid_id(stream_id):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"stream id must match {STREAM_ID}")
+    await run_in_threadpool(_ensure_webrtc_stream, runtime, stream_id)
+    await _wait_for_ingest(stream_id)
+    try:
+        answer = await answer_offer(stream_id, offer.sdp, offer.type)
+    except WebRTCNotReady as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    except ValueError as exc:  # aiortc rejects a malformed or unsupported offer
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"bad SDP offer: {exc}") from exc
+    return WebRTCAnswer(stream_id=stream_id, sdp=answer.sdp, type=answer.type, max_framerate=answer.max_framerate)
+
+
+def _valid_id(stream_id: str) -> bool:
+    return re.fullmatch(STREAM_ID, stream_id) is not None
+
+
+def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> None:
+    """Create ``webrtc://<id>`` if new; refuse streams with another source or already finished."""
+    with session_scope(runtime.sessions) as session:
+        try:
+            stream = repo.get_stream(session, stream_id)
+        except NotFound:
+            session.add(Stream(id=stream_id, name=f"webcam {stream_id}", source_url=f"webrtc://{stream_id}",
+                               status=StreamStatus.connecting, stats={}))
+            return
+        if stream.source_url != f"webrtc://{stream_id}":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"stream {stream_id!r} is not a WebRTC stream")
+        if not stream.active or stream.status in FINAL:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"stream {stream_id!r} is {stream.status}")
+
+
+async def _wait_for_ingest(stream_id: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + INGEST_WAIT_S
+    while not is_waiting(stream_id):
+        if loop.time() > deadline:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"no ingest took stream {stream_id!r} within {INGEST_WAIT_S:.0f} s (WebRTC needs `vidmem serve`)",
+            )
+        await asyncio.sleep(0.1)
