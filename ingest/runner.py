@@ -119,7 +119,7 @@ class _Supervisor:
                                       self.stop)
         self.backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_factor, cfg.backoff_jitter)
         self.reader = ConnectionReader(cfg, self.pipeline, DecodePlanner(cfg.skip), self.stop,
-                                       pace=cfg.realtime and not source.is_live)
+                                       pace=cfg.realtime and _may_be_recorded(source))
         self.last_error = ""
         self.delivery.queue.policy = cfg.drop_policy or (
             DropPolicy.BLOCK if not source.is_live and not cfg.realtime else DropPolicy.DROP_OLDEST
@@ -179,6 +179,11 @@ class _Supervisor:
         if self.config.loop:
             return None
         return self.delivery.event(StreamStatus.ENDED, "end of file")
+
+
+def _may_be_recorded(source: Source) -> bool:
+    """Files, and HTTP (often a recording or a VOD playlist), are paced; cameras and devices pace themselves."""
+    return source.kind is SourceKind.FILE or source.scheme in ("http", "https")
 
 
 def _frame_step(container: av.container.InputContainer) -> float:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import logging
+import socket
+import threading
 import time
+from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -169,3 +175,59 @@ def test_stream_ingest_when_device_source_is_lavfi_ingests_it_live(run_ingest):
     assert got.wait_for(lambda: len(got.chunks) >= 2, timeout=10), got.events
     assert ingest.status is StreamStatus.LIVE
     assert got.chunks[0].frames[0].image.shape == (16, 16, 3)
+
+
+@pytest.fixture
+def http_dir(tmp_path):  # type: ignore[no-untyped-def]
+    """(folder, base URL): a local HTTP server over ``folder``."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _write_hls(source: Path, folder: Path) -> None:
+    with av.open(str(source)) as inp, av.open(str(folder / "index.m3u8"), "w", format="hls",
+                                               options={"hls_time": "1", "hls_playlist_type": "vod"}) as out:
+        stream = inp.streams.video[0]
+        target = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                packet.stream = target
+                out.mux(packet)
+
+
+def test_stream_ingest_when_hls_over_http_delivers_chunks(run_ingest, make_h264, tmp_path, http_dir):
+    # given an HLS playlist of a 3 s clip served over HTTP
+    folder, base = http_dir
+    _write_hls(make_h264(tmp_path / "clip.mp4", seconds=3.0, fps=10, gop=10), folder)
+    config = IngestConfig(sample_fps=2.0, chunk_seconds=1.0, frame_size=16, realtime=False, max_retries=0)
+    # when ingested
+    _, got = run_ingest(f"{base}/index.m3u8", config)
+    # then its chunks arrive in order; the end of a network stream is a disconnect, and no retry is allowed
+    assert [(c.seq, c.t_start) for c in got.chunks] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert StreamStatus.LIVE in got.statuses and got.final.status is StreamStatus.FAILED
+    assert "end of stream" in got.final.reason
+
+
+def test_stream_ingest_when_server_accepts_but_never_answers_times_out(run_ingest):
+    # given a TCP server that accepts connections and then says nothing
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = IngestConfig(open_timeout_s=1.0, stall_seconds=2.0, max_retries=1, backoff_initial_s=0.1)
+    t0 = time.monotonic()
+    # when an RTSP ingest opens it
+    try:
+        _, got = run_ingest(f"rtsp://127.0.0.1:{port}/live", config, timeout=15)
+    finally:
+        listener.close()
+    # then each open gives up after its timeout and the stream fails with the reason
+    assert got.final.status is StreamStatus.FAILED and "gave up after 1" in got.final.reason, got.final
+    assert time.monotonic() - t0 < 8
