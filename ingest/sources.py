@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -117,13 +118,17 @@ def av_options(source: Source, config: IngestConfig) -> dict[str, str]:
 def open_source(source: Source, config: IngestConfig) -> av.container.InputContainer:
     """``av.open`` with explicit timeouts; failures become SourceUnavailable with a redacted reason."""
     fmt = config.device_format if source.kind is SourceKind.DEVICE else None
+    started = time.monotonic()
     try:
         container = av.open(
             source.path, mode="r", format=fmt, options=av_options(source, config),
             timeout=(config.open_timeout_s, config.read_timeout),
         )
     except (av.FFmpegError, OSError) as exc:
-        raise SourceUnavailable(describe_error(exc)) from None
+        reason = describe_error(exc)
+        if time.monotonic() - started >= 0.9 * min(config.open_timeout_s, 2 * config.read_timeout):
+            reason = f"no answer within {time.monotonic() - started:.1f} s ({reason})"  # FFmpeg's error hides it
+        raise SourceUnavailable(reason) from None
     if not container.streams.video:
         container.close()
         raise SourceUnavailable(f"{source} has no video stream")

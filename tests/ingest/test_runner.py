@@ -230,4 +230,5 @@ def test_stream_ingest_when_server_accepts_but_never_answers_times_out(run_inges
         listener.close()
     # then each open gives up after its timeout and the stream fails with the reason
     assert got.final.status is StreamStatus.FAILED and "gave up after 1" in got.final.reason, got.final
+    assert "no answer within" in got.final.reason
     assert time.monotonic() - t0 < 8
