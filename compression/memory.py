@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
+from torch import Tensor
 
 from compression.ops import cosine_rows, stable_argsort
 from compression.tokens import TokenSet
 
 MAGIC = b"VMMEM1"
+HELD_DTYPE = torch.float16  # features are held as they are serialised
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,17 +48,34 @@ class Memory:
         return 0 if self.tokens is None else len(self.tokens)
 
     def append(self, new: TokenSet) -> Memory:
-        """Append a stage-1 TokenSet (later in time than what is held), then consolidate to budget."""
-        new = replace(new, side={**new.side, "t_start": new.side.get("t_start", new.time).to(torch.float64)})
-        merged = new if self.tokens is None else TokenSet.concat([self.tokens, new])
-        if len(merged) and bool((merged.time[1:] < merged.time[:-1]).any()):
-            merged = merged.gather(stable_argsort(merged.time))
-        consolidated, n_merged, n_evicted = consolidate(merged, self.budget_tokens)
+        """Append a stage-1 TokenSet (later in time than what is held), then consolidate to budget.
+
+        The plan is computed on metadata only; held and new features are copied once, into the result.
+        """
+        held = [] if self.tokens is None else [self._held(self.tokens)]
+        parts = [p for p in [*held, self._held(new)] if len(p)]
+        if len(parts) == 2 and float(parts[1].time.min()) < float(parts[0].time.max()):
+            joined = TokenSet.concat(parts)  # out of order (rare): reorder, forget cached similarities
+            joined = joined.gather(stable_argsort(joined.time))
+            joined.side["next_sim"].fill_(float("nan"))
+            parts = [joined]
+        if not parts:
+            return replace(self, chunks_applied=self.chunks_applied + 1)
+        meta = TokenSet.concat([replace(p, features=p.features[:, :0]) for p in parts])
+        tokens, n_merged, n_evicted = consolidate(meta, Rows(tuple(p.features for p in parts)), self.budget_tokens)
         return replace(
-            self, tokens=consolidated, chunks_applied=self.chunks_applied + 1,
+            self, tokens=tokens, chunks_applied=self.chunks_applied + 1,
             tokens_seen=self.tokens_seen + len(new), tokens_merged=self.tokens_merged + n_merged,
             tokens_evicted=self.tokens_evicted + n_evicted,
         )
+
+    @staticmethod
+    def _held(tokens: TokenSet) -> TokenSet:
+        """Tokens as the memory holds them: fp16 features (as serialised), first-seen time, and the
+        cached similarity to the next token at the same position (NaN = not known yet)."""
+        side = {**tokens.side, "t_start": tokens.side.get("t_start", tokens.time).to(torch.float64),
+                "next_sim": tokens.side.get("next_sim", torch.full((len(tokens),), float("nan")))}
+        return replace(tokens, features=tokens.features.to(HELD_DTYPE), side=side)
 
     def window(self, t0: float | None = None, t1: float | None = None) -> TokenSet:
         """Tokens seen inside [t0, t1] (either end open when None), in time order.
@@ -102,48 +122,124 @@ class Memory:
         return Memory(tokens=TokenSet.from_bytes(body) if body else None, **head)
 
 
-def consolidate(tokens: TokenSet, budget: int) -> tuple[TokenSet, int, int]:
-    """Bring ``tokens`` (time-ordered, K) down to at most ``budget``: (tokens, merged, evicted).
+@dataclass(frozen=True)
+class Rows:
+    """Feature rows of several tensors [n_i, D] seen as one concatenation, without copying them."""
 
-    Merging can remove at most one token per temporal edge (K - distinct positions); only the part
-    of the excess that merging cannot remove is evicted, oldest first, before merging.
+    parts: tuple[Tensor, ...]
+
+    @cached_property
+    def offsets(self) -> Tensor:
+        return torch.cumsum(torch.tensor([0] + [len(p) for p in self.parts]), 0)
+
+    def take(self, idx: Tensor) -> Tensor:
+        """Rows at ascending ``idx`` [M] -> [M, D], copied once."""
+        first = self.parts[0]
+        out = torch.empty(len(idx), first.shape[1], dtype=first.dtype, device=first.device)
+        bounds = torch.searchsorted(idx, self.offsets).tolist()
+        for part, base, a, b in zip(self.parts, self.offsets.tolist(), bounds, bounds[1:], strict=False):
+            if b > a:
+                torch.index_select(part, 0, idx[a:b] - base, out=out[a:b])
+        return out
+
+    def at(self, idx: Tensor) -> Tensor:
+        """Rows at any ``idx`` [M] -> [M, D] float32."""
+        if len(self.parts) == 1:
+            return self.parts[0][idx].to(torch.float32)
+        order = stable_argsort(idx)
+        out = torch.empty(len(idx), self.parts[0].shape[1], dtype=torch.float32)
+        out[order] = self.take(idx[order]).to(torch.float32)
+        return out
+
+
+def consolidate(meta: TokenSet, rows: Rows, budget: int) -> tuple[TokenSet, int, int]:
+    """Bring K time-ordered tokens (metadata ``meta``, features ``rows``) to at most ``budget``.
+
+    Returns (tokens, merged, evicted). Merging can remove one token per temporal edge
+    (K - distinct positions); only the part of the excess merging cannot remove is evicted, oldest
+    first.
     """
-    budget = max(budget, 0)
-    excess = len(tokens) - budget
+    budget, k = max(budget, 0), len(meta)
+    excess = k - budget
     if excess <= 0:
-        return tokens, 0, 0
-    edges = len(tokens) - int(torch.unique(tokens.position).numel())
-    early = max(0, excess - edges)
-    kept = tokens.gather(torch.arange(early, len(tokens))) if early else tokens
-    merged = merge_temporal_neighbours(kept, len(kept) - budget)
-    late = max(0, len(merged) - budget)
-    if late:
-        merged = merged.gather(torch.arange(late, len(merged)))
-    return merged, len(kept) - len(merged) - late, early + late
+        return replace(meta, features=rows.take(torch.arange(k))), 0, 0
+    early = max(0, excess - (k - int(torch.unique(meta.position).numel())))
+    live = torch.arange(early, k)
+    plan = plan_merges(meta.gather(live), lambda i: rows.at(live[i]), len(live) - budget)
+    slots = torch.arange(len(live))
+    keep = torch.nonzero(plan.target == slots, as_tuple=True)[0]
+    late = max(0, len(keep) - budget)
+    keep = keep[late:]
+    out = meta.gather(live[keep])
+    out = replace(out, features=rows.take(live[keep]), side={
+        **out.side, "t_start": plan.t_start[keep], "next_sim": plan.next_sim[keep]})
+    slot = torch.searchsorted(keep, plan.dst)
+    alive = slot < len(keep)
+    alive[alive.clone()] &= keep[slot[alive]] == plan.dst[alive]  # groups whose representative survived
+    out.features[slot[alive]] = plan.features[alive].to(out.features.dtype)
+    out.size[slot[alive]] = plan.sizes[alive]
+    n_merged = int((plan.target != slots).sum())
+    return out, n_merged, early + late
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Merges over K tokens: target [K] (representative per token), t_start/next_sim [K] after
+    merging, and for the G merged groups their representative dst [G], features [G, D], sizes [G]."""
+
+    target: Tensor
+    t_start: Tensor
+    next_sim: Tensor
+    dst: Tensor
+    features: Tensor
+    sizes: Tensor
+
+
+def plan_merges(meta: TokenSet, rows_at: Callable[[Tensor], Tensor], count: int) -> MergePlan:
+    """Plan up to ``count`` merges of the most similar (token, next token at the same position) pairs.
+
+    Each run of chosen edges collapses into its latest token (size-weighted mean, sizes summed), whose
+    t_start becomes the run's earliest. Similarities are cached in side["next_sim"] (NaN = unknown),
+    so only edges that are new or touched by a merge are computed: O(K log K) index work plus
+    O((new + merged) * D) feature work. ``rows_at(idx)`` returns features [M, D] float32.
+    """
+    k = len(meta)
+    slots = torch.arange(k)
+    t_start = meta.side.get("t_start", meta.time)
+    next_sim = meta.side.get("next_sim", torch.full((k,), float("nan"))).clone()
+    order = stable_argsort(meta.position)  # [K] grouped by position, time order inside a position
+    same = meta.position[order[1:]] == meta.position[order[:-1]]  # [K-1] edge exists
+    edges = torch.nonzero(same, as_tuple=True)[0]
+    target = slots.clone()
+    if count > 0 and edges.numel():
+        sim = next_sim[order[edges]]  # [E] cos(token, its next at the same position)
+        stale = torch.nonzero(torch.isnan(sim), as_tuple=True)[0]
+        if stale.numel():
+            pairs = rows_at(torch.cat([order[edges[stale]], order[edges[stale] + 1]]))  # [2S, D]
+            sim[stale] = cosine_rows(pairs[: stale.numel()], pairs[stale.numel() :])
+            next_sim[order[edges[stale]]] = sim[stale]
+        chosen = edges[torch.topk(sim, min(count, edges.numel())).indices]
+        forward = torch.zeros(k, dtype=torch.bool)
+        forward[chosen] = True  # sorted slot j merges into slot j+1 when forward[j]
+        tail = torch.flip(torch.cummin(torch.flip(torch.where(forward, k, slots), [0]), 0).values, [0])
+        target[order] = order[tail]  # every run ends in its latest token
+        before = chosen[chosen > 0] - 1
+        next_sim[order[before[same[before]]]] = float("nan")  # their next token changed
+        next_sim[order[chosen + 1]] = float("nan")  # merged tokens' features changed
+    src = torch.nonzero(target != slots, as_tuple=True)[0]
+    dst, inverse = torch.unique(target[src], return_inverse=True)
+    w = meta.size.to(torch.float32)
+    both = rows_at(torch.cat([dst, src])) * w[torch.cat([dst, src]), None]  # [G + S, D]
+    sums = both[: dst.numel()].index_add_(0, inverse, both[dst.numel() :])  # [G, D]
+    sizes = w[dst].index_add(0, inverse, w[src])
+    return MergePlan(target, t_start.scatter_reduce(0, target, t_start, "amin"), next_sim, dst,
+                     sums / sizes.clamp_min(1e-12)[:, None], sizes)
 
 
 def merge_temporal_neighbours(tokens: TokenSet, count: int) -> TokenSet:
-    """Merge up to ``count`` most similar (token, next token at the same position) pairs.
-
-    tokens: K time-ordered tokens carrying side["t_start"]. Returns K - min(count, #edges) tokens in
-    time order; each run of chosen edges collapses into its latest token (size-weighted mean, sizes
-    summed), whose side["t_start"] becomes the run's earliest start.
-    """
-    k = len(tokens)
-    order = stable_argsort(tokens.position)  # [K] grouped by position, time order inside a position
-    same = tokens.position[order[1:]] == tokens.position[order[:-1]]  # [K-1] edge exists
-    edges = torch.nonzero(same, as_tuple=True)[0]
-    if count <= 0 or edges.numel() == 0:
-        return tokens
-    sim = cosine_rows(tokens.features[order[edges]], tokens.features[order[edges + 1]])
-    chosen = edges[torch.topk(sim, min(count, edges.numel())).indices]
-    forward = torch.zeros(k, dtype=torch.bool)
-    forward[chosen] = True  # sorted slot j merges into slot j+1 when forward[j]
-    slots = torch.arange(k)
-    tail_slot = torch.flip(torch.cummin(torch.flip(torch.where(forward, k, slots), [0]), 0).values, [0])
-    target = torch.empty(k, dtype=torch.int64)
-    target[order] = order[tail_slot]  # every run ends in its latest token
-    first_seen = tokens.side.get("t_start", tokens.time)
-    start = first_seen.scatter_reduce(0, target, first_seen, "amin")
-    merged = tokens.merge(target)
-    return replace(merged, side={**merged.side, "t_start": start[target == slots]})
+    """Apply :func:`plan_merges` to a TokenSet: K -> K - min(count, #edges) tokens, time order kept."""
+    rows = Rows((tokens.features,))
+    plan = plan_merges(tokens, rows.at, count)
+    merged = tokens.merge(plan.target)
+    keep = plan.target == torch.arange(len(tokens))
+    return replace(merged, side={**merged.side, "t_start": plan.t_start[keep], "next_sim": plan.next_sim[keep]})

@@ -89,7 +89,7 @@ class TokenSet:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
-    @property
+    @cached_property
     def position(self) -> Tensor:
         """Spatial index row * cols + col: [K] int64."""
         return self.row * self.grid[1] + self.col
@@ -115,18 +115,24 @@ class TokenSet:
         Targets must be representatives (target[target] == target).
         """
         target = target.to(torch.int64)
-        if len(self) == 0:
+        slots = torch.arange(len(self), device=target.device)
+        moved = target != slots
+        if not bool(moved.any()):
             return self
         if not bool((target[target] == target).all()):
             raise ValueError("merge targets must be representatives (target[target] == target)")
+        src = torch.nonzero(moved, as_tuple=True)[0]  # only merged groups are recomputed: O(merges * D)
+        dst, inverse = torch.unique(target[src], return_inverse=True)
         w = self.size.to(torch.float32)
-        summed = torch.zeros(len(self), self.dim, dtype=torch.float32)
-        summed.index_add_(0, target, self.features.to(torch.float32) * w[:, None])
-        sizes = torch.zeros(len(self), dtype=torch.float32).index_add_(0, target, w)
-        keep = torch.nonzero(target == torch.arange(len(self)), as_tuple=True)[0]
-        feats = (summed[keep] / sizes[keep].clamp_min(1e-12)[:, None]).to(self.features.dtype)
-        kept = self.gather(keep)
-        return replace(kept, features=feats, size=sizes[keep])
+        sums = self.features[dst].to(torch.float32) * w[dst, None]  # [G, D]
+        sums.index_add_(0, inverse, self.features[src].to(torch.float32) * w[src, None])
+        sizes = w[dst].index_add(0, inverse, w[src])  # [G]
+        keep = ~moved
+        kept = self.gather(torch.nonzero(keep, as_tuple=True)[0])
+        slot = torch.cumsum(keep.to(torch.int64), 0)[dst] - 1  # where each group's representative landed
+        kept.features[slot] = (sums / sizes.clamp_min(1e-12)[:, None]).to(self.features.dtype)
+        kept.size[slot] = sizes
+        return kept
 
     @staticmethod
     def concat(sets: list[TokenSet]) -> TokenSet:

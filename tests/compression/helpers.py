@@ -109,4 +109,5 @@ def assert_same_tokens(a: TokenSet, b: TokenSet) -> None:
     assert torch.allclose(a.features, b.features, atol=1e-6), "features differ"
     assert a.side.keys() == b.side.keys()
     for key in a.side:
-        assert torch.equal(a.side[key], b.side[key]), f"side[{key!r}] differs"
+        torch.testing.assert_close(a.side[key], b.side[key], rtol=0, atol=0, equal_nan=True,
+                                   msg=f"side[{key!r}] differs")
