@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from fractions import Fraction
 
 import av
 import av.container
@@ -52,12 +53,14 @@ class ConnectionReader:
         self.timeline: Timeline = pipeline.timeline
         self.stats: StatsBox = pipeline.stats
         self._frames = 0
+        self._time_base: Fraction | None = None
         self._intra_only = False  # every frame decodes on its own (raw video, MJPEG): each is a "keyframe"
         self._pace_origin: tuple[float, float] | None = None  # (wall, media seconds)
         self._progress = time.monotonic()
 
     def read(self, container: av.container.InputContainer) -> ReadResult:
         stream = container.streams.video[0]
+        self._time_base = stream.time_base
         self._prepare(stream.codec_context)
         codec = stream.codec_context.codec
         self._intra_only = bool(codec.intra_only) or codec.name in INTRA_CODECS
@@ -115,7 +118,8 @@ class ConnectionReader:
     def _on_frame(self, frame: av.VideoFrame) -> None:
         self._frames += 1
         self._progress = time.monotonic()
-        self.pipeline.offer(frame, self.timeline.seconds(frame.pts, frame.time_base))
+        time_base = frame.time_base or self._time_base  # frames drained at the end come without one
+        self.pipeline.offer(frame, self.timeline.frame_seconds(frame.pts, time_base))
 
     def _wait_for(self, seconds: float) -> None:
         """Play a file at its own rate: sleep until this packet's media time is due."""

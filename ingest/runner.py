@@ -147,7 +147,8 @@ class _Supervisor:
             self.last_error = str(exc)
             return None
         self.owner._stats.add(connects=1)
-        self.pipeline.new_connection()
+        if self.source.is_live:  # a file loop is not a new connection: no second LIVE event
+            self.pipeline.new_connection()
         self.pipeline.timeline.new_segment(_frame_step(container))
         try:
             return self.reader.read(container)

@@ -38,7 +38,7 @@ class DecodePlanner:
     @property
     def skip_frame(self) -> str:
         """The value for ``codec_context.skip_frame``."""
-        return "DEFAULT" if self.mode is SkipMode.NONE else "NONREF"
+        return {SkipMode.NONE: "DEFAULT", SkipMode.KEYFRAMES: "NONKEY"}.get(self.mode, "NONREF")
 
     @property
     def gop_seconds(self) -> float | None:

@@ -55,6 +55,16 @@ class Timeline:
         assert self._offset is not None
         return self._advance(source + self._offset)
 
+    def frame_seconds(self, pts: int | None, time_base: Fraction | None) -> float:
+        """Like ``seconds`` for a decoded frame: mapped with the segment's offset, never re-anchoring.
+
+        A decoder may hand a frame out several packets later (B-frame reordering, skipped packets),
+        so an early timestamp here is not a jump back of the source.
+        """
+        if self._offset is None or pts is None or time_base is None:
+            return self.seconds(pts, time_base)
+        return float(pts * time_base) + self._offset
+
     def take_gap(self) -> Gap | None:
         """The gap recorded when the current segment was anchored, once."""
         gap, self._pending_gap = self._pending_gap, None

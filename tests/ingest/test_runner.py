@@ -73,7 +73,7 @@ def test_stream_ingest_when_looping_continues_timeline_and_seq(run_ingest, make_
     chunks = got.chunks[:5]
     assert [c.seq for c in chunks] == [0, 1, 2, 3, 4]
     assert [c.t_start for c in chunks] == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0])
-    assert got.final is not None and got.final.status is StreamStatus.STOPPED
+    assert got.statuses == [StreamStatus.CONNECTING, StreamStatus.LIVE, StreamStatus.STOPPED], "a loop is no reconnect"
 
 
 def test_stream_ingest_when_file_is_corrupt_fails_with_reason(run_ingest, tmp_path):

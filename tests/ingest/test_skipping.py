@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import av
 import numpy as np
 import pytest
 
@@ -73,3 +76,35 @@ def test_decode_planner_when_mode_none_decodes_everything():
     planner = DecodePlanner(SkipMode.NONE)
     assert all(planner.should_decode(i / 10, i % 10 == 0, 100.0) for i in range(30))
     assert planner.skip_frame == "DEFAULT"
+
+
+def _write_b_frames(path: Path, seconds: float = 6.0, fps: int = 30) -> Path:
+    """A clip with 3 B-frames between references and a keyframe every 2 s (decoders reorder)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"bf": "3", "g": str(2 * fps), "keyint_min": str(2 * fps), "sc_threshold": "0"}
+        for i in range(int(seconds * fps)):
+            image = np.full((64, 64, 3), 90, np.uint8)
+            image[20:36, i * 40 // 180 : i * 40 // 180 + 16] = (220, 30, 30)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [(SkipMode.NONE, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]), (SkipMode.AUTO, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]),
+     (SkipMode.KEYFRAMES, [0.0, 2.0, 4.0])],
+)
+def test_stream_ingest_when_stream_has_b_frames_keeps_timestamps_right(run_ingest, tmp_path, mode, expected):
+    # given a clip with B-frames (frames leave the decoder later than their packets go in)
+    path = _write_b_frames(tmp_path / "bframes.mp4")
+    # when sampled at 1 fps
+    stats, frames = _ingest(run_ingest, path, mode)
+    # then every frame carries its own media time
+    assert [f.seconds for f in frames] == pytest.approx(expected)
+    assert stats["decode_errors"] == 0
