@@ -128,7 +128,7 @@ def chunk_counts(session: Session, *, stream_id: str) -> dict[str, int]:
         .group_by(ChunkRecord.status)
     )
     counts = {status.value: 0 for status in ChunkStatus}
-    counts.update(dict(session.execute(query).tuples().all()))
+    counts.update(dict(session.execute(query).all()))
     return counts
 
 

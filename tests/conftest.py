@@ -34,14 +34,23 @@ def need_service(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def make_settings(folder: Path) -> Settings:
     """Embedded-mode settings on a private data folder, the tiny random model, small chunks."""
     return Settings(
-        _env_file=None, data_dir=tmp_path / "data", model="tiny-random",
+        _env_file=None, data_dir=folder / "data", model="tiny-random", frame_size=64,
         chunk_seconds=2.0, sample_fps=2.0, memory_budget=256, llm_budget=64,
         stage1="uniform:ratio=0.5", stage2="uniform", max_new_tokens=4,
     )
+
+
+@pytest.fixture(scope="session")
+def settings_factory():  # type: ignore[no-untyped-def]
+    return make_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
 
 
 @pytest.fixture

@@ -104,8 +104,11 @@ def worker(loglevel: str = "INFO", hostname: str | None = None) -> None:
 
     setup_logging(loglevel)
     settings = load_settings()
-    _runtime(settings)
-    run_worker(create_celery(settings), loglevel=loglevel, hostname=hostname)
+    runtime = _runtime(settings)
+    runtime.model  # noqa: B018 - load before announcing "ready", so the first chunk is not slow
+    app = create_celery(settings)
+    app.vidmem_runtime = runtime  # type: ignore[attr-defined]
+    run_worker(app, loglevel=loglevel, hostname=hostname)
 
 
 @app.command()

@@ -38,7 +38,7 @@ class WorkerProcess:
             [sys.executable, "-m", "vidmem", "worker"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
 
-    def start(self, wait_ready: float = 60.0) -> None:
+    def start(self, wait_ready: float = 180.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._proc = self._spawn()

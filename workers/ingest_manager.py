@@ -69,14 +69,13 @@ class IngestManager:
             self._stop.wait(self.poll_seconds)
 
     def sync(self) -> None:
-        """Start ingests for active streams, stop those of inactive ones."""
+        """Start ingests for active streams, stop those of streams stopped through the API."""
+        for stream_id in [sid for sid, r in self._running.items() if not r.ingest.is_alive()]:
+            del self._running[stream_id]  # finished on its own (ended or failed): its status says so
         with session_scope(self.runtime.sessions) as session:
-            wanted = {
-                s.id: (s.source_url, s.loop)
-                for s in repo.list_streams(session, active_only=True)
-                if s.status not in FINAL_STATUSES
-            }
-            stopped = [sid for sid in self._running if sid not in wanted]
+            streams = repo.list_streams(session)
+            wanted = {s.id: (s.source_url, s.loop) for s in streams if s.active and s.status not in FINAL_STATUSES}
+            stopped = [s.id for s in streams if not s.active and s.id in self._running]
         for stream_id in stopped:
             self._running.pop(stream_id).ingest.stop()
             self._status(stream_id, StreamStatus.stopped, "stopped by request")

@@ -25,9 +25,10 @@ from workers.runtime import Runtime
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def service(settings):  # type: ignore[no-untyped-def]
-    """API client + ingest manager + one real worker process, like ``vidmem serve``."""
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, settings_factory):  # type: ignore[no-untyped-def]
+    """API client + ingest manager + one real worker process, like ``vidmem serve`` (one per module)."""
+    settings = settings_factory(tmp_path_factory.mktemp("service"))
     settings.ensure_dirs()
     runtime = Runtime(settings, auto_upgrade=True)
     create_celery(settings)
