@@ -1,0 +1,47 @@
+"""The model card (README.md) written next to vidmem-tiny's weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from bench.questions import CHANCE
+from bench.tiny_data import HELDOUT_SEED_LIMIT, TRAIN_SEED_BASE
+
+
+def model_card(cfg: Any, state: Any, metrics: dict[str, dict[str, float]]) -> str:
+    rows = "\n".join(
+        f"| {k} | {v['accuracy'] * 100:.1f}% | {CHANCE.get(k, float('nan')) * 100:.0f}% | {int(v['n'])} |"
+        for k, v in metrics.items()
+    )
+    return f"""# vidmem-tiny
+
+A small LLaVA-OneVision-architecture Video LLM (`LlavaOnevisionForConditionalGeneration`: SigLIP
+vision tower, MLP projector, 2x bilinear pooling, Qwen2 LLM) trained **from scratch** by
+`vidmem train tiny` on vidmem's synthetic streaming video-QA benchmark (`bench/streamgen.py`,
+`bench/questions.py`). It answers multiple-choice questions about coloured shapes with a letter.
+It exists so that the demo answers correctly offline and compression methods can be measured on a
+CPU; it knows nothing about real video.
+
+Load: `vlm.load_model("models/vidmem-tiny")` (or the setting `VIDMEM_MODEL=vidmem-tiny`).
+
+## Training
+- steps: {state.step}, wall time {state.elapsed / 60:.1f} min on {cfg.threads} CPU threads
+- clips per step: {cfg.clips_per_batch} (every question of each clip used, teacher-forced answer letter)
+- data: short clips (4-16 frames at 1 fps, random start second) and long-span clips (16 frames every
+  15 s over 4 minutes, share {cfg.long_share}); rendered at {list(cfg.sizes)} px and resized by the adapter
+- training seeds: >= {TRAIN_SEED_BASE}; held-out seeds: below {HELDOUT_SEED_LIMIT} (never trained on)
+- prompt: exactly the vlm adapter's (`build_prompt`, with per-frame timestamps)
+
+## Held-out accuracy ({cfg.heldout_clips} clips, up to 16 frames, uncompressed)
+
+| type | accuracy | chance | questions |
+|---|---|---|---|
+{rows}
+
+## Config
+```json
+{json.dumps(asdict(cfg), indent=1)}
+```
+"""

@@ -1,0 +1,120 @@
+"""Clips and questions for vidmem-tiny: training batches and fixed held-out sets.
+
+Two regimes, both rendered on the fly from seeded streams (nothing is cached):
+- ``short``: F (4..16) frames at 1 fps, starting at a random whole second t0 of a stream;
+- ``long``: 16 frames one every 15 s over the first 4 minutes (for the "in which minute" type).
+Seeds: training clips use seeds >= ``TRAIN_SEED_BASE``; held-out sets use seeds below
+``HELDOUT_SEED_LIMIT``, so the two never meet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.questions import Question, make_questions
+from bench.streamgen import Stream, StreamSpec
+
+TRAIN_SEED_BASE = 1_000_000
+HELDOUT_SEED_LIMIT = 100_000
+LONG_STEP_S = 15.0
+LONG_FRAMES = 16
+
+
+@dataclass(frozen=True)
+class Clip:
+    seed: int
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    times: np.ndarray  # [F] seconds
+    questions: list[Question]
+
+
+def short_spec(seed: int, seconds: float, size: int, rng: np.random.Generator) -> StreamSpec:
+    return StreamSpec(
+        seed=seed,
+        seconds=seconds,
+        fps=1.0,
+        width=size,
+        height=size,
+        distractors=int(rng.integers(0, 3)),
+        pan_speed=float(rng.choice([0.0, 0.0, 0.01, -0.01])),
+    )
+
+
+def long_spec(seed: int, size: int) -> StreamSpec:
+    return StreamSpec(
+        seed=seed,
+        seconds=LONG_STEP_S * LONG_FRAMES,
+        fps=1.0 / LONG_STEP_S,
+        width=size,
+        height=size,
+        gap_s=(15.0, 40.0),
+        life_s=(20.0, 60.0),
+        event_grid_s=LONG_STEP_S,
+        distractors=1,
+    )
+
+
+def make_clip(spec: StreamSpec, times: np.ndarray) -> Clip:
+    stream = Stream(spec)
+    return Clip(spec.seed, stream.clip(times), times, make_questions(stream.tracks, times, seed=spec.seed))
+
+
+def short_clip(seed: int, frames: int, t0: float, size: int) -> Clip:
+    rng = np.random.default_rng([seed, 9])
+    times = t0 + np.arange(frames, dtype=np.float64)
+    return make_clip(short_spec(seed, t0 + frames, size, rng), times)
+
+
+def long_clip(seed: int, size: int) -> Clip:
+    return make_clip(long_spec(seed, size), np.arange(LONG_FRAMES, dtype=np.float64) * LONG_STEP_S)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What one training batch holds; rendering it is deterministic."""
+
+    seeds: tuple[int, ...]
+    regime: str  # "short" | "long"
+    frames: int
+    t0: float
+    size: int  # rendered size in pixels (the adapter resizes to the model's input size)
+
+    def render(self) -> list[Clip]:
+        if self.regime == "long":
+            return [long_clip(s, self.size) for s in self.seeds]
+        return [short_clip(s, self.frames, self.t0, self.size) for s in self.seeds]
+
+
+def batch_plans(
+    clips_per_batch: int, sizes: tuple[int, ...], long_share: float = 0.15, seed: int = 0
+) -> Iterator[BatchPlan]:
+    """Endless training plans; within a batch all clips share frame count and times (same prompt prefix)."""
+    rng = np.random.default_rng([seed, 5])
+    next_seed = TRAIN_SEED_BASE + seed * 10_000_000
+    while True:
+        seeds = tuple(range(next_seed, next_seed + clips_per_batch))
+        next_seed += clips_per_batch
+        size = int(rng.choice(sizes))
+        if rng.random() < long_share:
+            yield BatchPlan(seeds, "long", LONG_FRAMES, 0.0, size)
+            continue
+        frames = int(rng.integers(4, 17))
+        t0 = float(rng.integers(0, 900)) if rng.random() < 0.5 else 0.0
+        yield BatchPlan(seeds, "short", frames, t0, size)
+
+
+def heldout_clips(count: int, size: int, first_seed: int = 0) -> list[Clip]:
+    """A fixed held-out set: mostly 16-frame 1 fps clips, some shorter ones and some long-span ones."""
+    if first_seed + count > HELDOUT_SEED_LIMIT:
+        raise ValueError(f"held-out seeds must stay below {HELDOUT_SEED_LIMIT}")
+    clips = []
+    for i, seed in enumerate(range(first_seed, first_seed + count)):
+        if i % 8 == 7:
+            clips.append(long_clip(seed, size))
+        else:
+            frames = 16 if i % 4 else 8 + seed % 8
+            clips.append(short_clip(seed, frames, float(seed % 5) * 37.0, size))
+    return clips

@@ -1,0 +1,326 @@
+"""Train vidmem-tiny from scratch on generated clips and questions (``vidmem train tiny``).
+
+Each step renders a batch of clips, encodes them through the model's own vision tower (with
+gradients) via the vlm adapter (``video_features`` -> TokenBlock -> TokenSet), builds every
+question's prompt with ``build_prompt`` -- the exact prompt ``answer``/``choice_logprobs`` use --
+and teacher-forces the answer letter (plus the end-of-turn token). The prompt prefix up to the
+question (text + timestamps + visual tokens) is identical for all questions of a clip, so it is
+run once per clip and its KV cache is shared by the questions: exact, only cheaper.
+
+The learning rate follows a cosine over ``progress = max(step / steps, elapsed / budget)`` so
+that a run always anneals and ends within ``max_minutes``. Checkpoints (model, optimiser, step,
+elapsed) are written every ``checkpoint_every`` steps and picked up again on restart.
+
+    python -m bench.train_tiny --out models/vidmem-tiny
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from bench.tiny_data import BatchPlan, Clip, batch_plans, heldout_clips
+from bench.tiny_model import Arch, build_model, build_tokenizer, save_preprocessor
+from compression.tokens import TokenBlock
+from vlm.base import IGNORE_INDEX
+from vlm.llava_onevision import LlavaOneVision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TinyConfig:
+    out: str = "models/vidmem-tiny"
+    work_dir: str = "vidmem-data/train-tiny"
+    steps: int = 1400
+    max_minutes: float = 32.0
+    clips_per_batch: int = 6
+    sizes: tuple[int, ...] = (96, 112, 128)
+    long_share: float = 0.15
+    lr: float = 2e-3
+    warmup: int = 60
+    weight_decay: float = 0.01
+    heldout_clips: int = 48
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 50
+    threads: int = 1
+    seed: int = 0
+    arch: Arch = field(default_factory=Arch)
+
+
+def adapter_for(model, tokenizer) -> LlavaOneVision:  # type: ignore[no-untyped-def]
+    adapter = LlavaOneVision(model, tokenizer, name="vidmem-tiny", trained=False)
+    model.train()
+    return adapter
+
+
+def encode_batch(adapter: LlavaOneVision, clips: list[Clip]) -> list:  # type: ignore[type-arg]
+    """Differentiable TokenSets, one per clip (one vision-tower call for all frames of the batch)."""
+    pixels = torch.cat([adapter.pixel_values(c.frames) for c in clips])  # [sum F, 3, S, S]
+    feats = adapter.video_features(pixels)  # [sum F, N, D]
+    out, start = [], 0
+    for clip in clips:
+        f = len(clip.times)
+        block = TokenBlock(feats[start : start + f], torch.tensor(clip.times, dtype=torch.float64), adapter.grid)
+        out.append(block.to_tokenset())
+        start += f
+    return out
+
+
+def _common_prefix(rows: list[torch.Tensor]) -> int:
+    n = min(len(r) for r in rows) - 1
+    for r in rows[1:]:
+        diff = (r[:n] != rows[0][:n]).nonzero()
+        n = int(diff[0, 0]) if len(diff) else n
+    return n
+
+
+def forward_batch(adapter: LlavaOneVision, clips: list[Clip]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced loss over every question of the batch; returns (loss, answer logits [B, V], targets [B])."""
+    token_sets = encode_batch(adapter, clips)
+    prompts = [
+        [adapter.build_prompt(q.text, ts, True, answer_text=q.answer) for q in clip.questions]
+        for clip, ts in zip(clips, token_sets, strict=True)
+    ]
+    flat = [p for ps in prompts for p in ps]
+    plen = _common_prefix([p.input_ids for p in flat])
+    lm = adapter.language_model
+    prefix = torch.cat([adapter.embed(ps[0])[:, :plen] for ps in prompts])  # [C, P, D]
+    cache = lm(inputs_embeds=prefix, use_cache=True).past_key_values
+    owner = torch.tensor([i for i, ps in enumerate(prompts) for _ in ps])
+    cache.batch_select_indices(owner)
+    suffix, mask, labels = _pad_suffixes(adapter, flat, plen)
+    positions = plen + torch.arange(suffix.shape[1])[None].expand(len(flat), -1)
+    attn = torch.cat([torch.ones(len(flat), plen, dtype=torch.long), mask], dim=1)
+    hidden = lm(
+        inputs_embeds=suffix, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
+    ).last_hidden_state  # [B, S, D]
+    # the first suffix token is predicted by the prefix's last position; labels start inside the suffix
+    target = labels[:, 1:]
+    sel = target != IGNORE_INDEX
+    logits = adapter.model.lm_head(hidden[:, :-1][sel])  # [T, V]
+    loss = torch.nn.functional.cross_entropy(logits.float(), target[sel])
+    first = sel.float().argmax(1)  # position of each answer letter
+    letter_logits = adapter.model.lm_head(hidden[torch.arange(len(flat)), first])
+    return loss, letter_logits.detach(), target[torch.arange(len(flat)), first]
+
+
+def _pad_suffixes(adapter: LlavaOneVision, prompts: list, plen: int) -> tuple[torch.Tensor, ...]:  # type: ignore[type-arg]
+    rows = [adapter.embed(p)[0, plen:] for p in prompts]  # each [S_i, D]
+    emb = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # [B, S, D], right-padded
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
+    labels = torch.nn.utils.rnn.pad_sequence(
+        [p.labels[plen:] for p in prompts], batch_first=True, padding_value=IGNORE_INDEX
+    )
+    return emb, mask, labels
+
+
+def lr_at(cfg: TinyConfig, step: int, progress: float) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+@dataclass
+class State:
+    step: int = 0
+    elapsed: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def _checkpoint_path(cfg: TinyConfig) -> Path:
+    return Path(cfg.work_dir) / "checkpoint.pt"
+
+
+def save_checkpoint(cfg: TinyConfig, model, opt, state: State) -> None:  # type: ignore[no-untyped-def]
+    path = _checkpoint_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "state": asdict(state),
+            "config": json.dumps(asdict(cfg)),
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def load_checkpoint(cfg: TinyConfig, model, opt) -> State:  # type: ignore[no-untyped-def]
+    path = _checkpoint_path(cfg)
+    if not path.is_file():
+        return State()
+    ckpt = torch.load(path, weights_only=False)
+    if json.loads(ckpt["config"]) != json.loads(json.dumps(asdict(cfg))):
+        log.warning("checkpoint %s was written with another config; starting afresh", path)
+        return State()
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    log.info("resumed from %s at step %d", path, ckpt["state"]["step"])
+    return State(**ckpt["state"])
+
+
+def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, float]]:
+    """Held-out accuracy per question type, scored like ``choice_logprobs`` (valid letters only)."""
+    from bench.tiny_model import accuracy_by_type, letter_ids
+
+    letters = letter_ids(adapter.tokenizer)
+    results: list[tuple[str, bool]] = []
+    was_training = adapter.model.training
+    adapter.model.eval()
+    with torch.no_grad():
+        for clip in clips:
+            if not clip.questions:
+                continue
+            logits, target = forward_batch(adapter, [clip])[1:]
+            for q, row, t in zip(clip.questions, logits, target, strict=True):
+                valid = torch.tensor(letters[: len(q.choices)])
+                results.append((q.qtype, bool(valid[row[valid].argmax()] == t)))
+    adapter.model.train(was_training)
+    return accuracy_by_type(results)
+
+
+def train_step(adapter: LlavaOneVision, opt: torch.optim.Optimizer, plan: BatchPlan) -> tuple[float, float]:
+    clips = [c for c in plan.render() if c.questions]
+    loss, logits, target = forward_batch(adapter, clips)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(adapter.model.parameters(), 1.0)
+    opt.step()
+    acc = float((logits.argmax(-1) == target).float().mean())
+    return float(loss.detach()), acc
+
+
+def run(cfg: TinyConfig) -> dict:
+    """Train (resuming from the work dir's checkpoint), evaluate on held-out clips, write the model folder."""
+    torch.set_num_threads(cfg.threads)
+    tokenizer = build_tokenizer(cfg.arch.vocab_size)
+    model = build_model(cfg.arch, tokenizer, seed=cfg.seed)
+    adapter = adapter_for(model, tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    state = load_checkpoint(cfg, model, opt)
+    plans = itertools.islice(batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed), state.step, None)
+    heldout = heldout_clips(cfg.heldout_clips, size=128)
+    _train_loop(cfg, adapter, opt, state, plans, heldout)
+    metrics = evaluate(adapter, heldout)
+    log.info("held-out accuracy %s", json.dumps(metrics))
+    write_folder(cfg, model, tokenizer, state, metrics)
+    return {"steps": state.step, "train_minutes": state.elapsed / 60, "heldout": metrics, "out": cfg.out}
+
+
+def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout) -> None:  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    budget_s = cfg.max_minutes * 60
+    columns = [
+        TextColumn("train tiny"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    ema_loss, ema_acc = None, None
+    with Progress(*columns) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
+        while state.step < cfg.steps and state.elapsed < budget_s:
+            started = time.perf_counter()
+            progress = max(state.step / cfg.steps, state.elapsed / budget_s)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, state.step, progress)
+            loss, acc = train_step(adapter, opt, next(plans))
+            state.step += 1
+            state.elapsed += time.perf_counter() - started
+            ema_loss = loss if ema_loss is None else 0.95 * ema_loss + 0.05 * loss
+            ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
+            bar.update(task, completed=state.step, info=f"loss {ema_loss:.3f} acc {ema_acc:.2f}")
+            if state.step % 25 == 0 or state.step < 25:
+                state.history.append(
+                    {
+                        "step": state.step,
+                        "loss": round(ema_loss, 4),
+                        "acc": round(ema_acc, 3),
+                        "elapsed_s": round(state.elapsed, 1),
+                    }
+                )
+                log.info("step %d loss %.3f acc %.2f (%.0f s)", state.step, ema_loss, ema_acc, state.elapsed)
+            if cfg.eval_every and state.step % cfg.eval_every == 0:
+                log.info("step %d held-out %s", state.step, json.dumps(evaluate(adapter, heldout[:16])))
+            if state.step % cfg.checkpoint_every == 0:
+                save_checkpoint(cfg, adapter.model, opt, state)
+    save_checkpoint(cfg, adapter.model, opt, state)
+
+
+def write_folder(cfg: TinyConfig, model, tokenizer, state: State, metrics: dict) -> Path:  # type: ignore[no-untyped-def]
+    from bench.tiny_card import model_card
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_preprocessor(out, cfg.arch.image_size)
+    marker = {
+        "trained": True,
+        "family": "llava_onevision",
+        "name": "vidmem-tiny",
+        "steps": state.step,
+        "heldout_accuracy": metrics["all"]["accuracy"],
+    }
+    (out / "vidmem.json").write_text(json.dumps(marker, indent=1))
+    (out / "training.json").write_text(
+        json.dumps(
+            {"config": asdict(cfg), "history": state.history, "heldout": metrics, "train_seconds": state.elapsed},
+            indent=1,
+        )
+    )
+    (out / "README.md").write_text(model_card(cfg, state, metrics))
+    return out
+
+
+def cli(
+    out: Annotated[str, typer.Option(help="model folder to write")] = "models/vidmem-tiny",
+    work_dir: Annotated[str, typer.Option(help="checkpoints (resumed from when present)")] = "vidmem-data/train-tiny",
+    steps: Annotated[int, typer.Option(help="optimiser steps")] = TinyConfig.steps,
+    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the schedule anneals within it")] = 32.0,
+    clips_per_batch: Annotated[int, typer.Option(help="clips per step (all their questions are used)")] = 6,
+    threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared, busy CPU)")] = 1,
+    seed: Annotated[int, typer.Option(help="init and data seed")] = 0,
+) -> None:
+    """Train vidmem-tiny from scratch on generated clips (resumable) and write the model folder."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    cfg = TinyConfig(
+        out=out,
+        work_dir=work_dir,
+        steps=steps,
+        max_minutes=max_minutes,
+        clips_per_batch=clips_per_batch,
+        threads=threads,
+        seed=seed,
+    )
+    result = run(cfg)
+    print(
+        json.dumps(
+            {
+                "steps": result["steps"],
+                "train_minutes": round(result["train_minutes"], 2),
+                "heldout_accuracy": result["heldout"]["all"]["accuracy"],
+                "out": result["out"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    typer.run(cli)
