@@ -36,7 +36,7 @@ class Memory:
     """Immutable memory: ``append`` returns a new Memory that never exceeds ``budget_tokens``."""
 
     budget_tokens: int
-    tokens: TokenSet | None = None
+    tokens: TokenSet = field(default_factory=lambda: TokenSet.empty(1))
     chunks_applied: int = 0
     tokens_seen: int = 0
     tokens_evicted: int = 0
@@ -45,14 +45,14 @@ class Memory:
 
     @property
     def num_tokens(self) -> int:
-        return 0 if self.tokens is None else len(self.tokens)
+        return len(self.tokens)
 
     def append(self, new: TokenSet) -> Memory:
         """Append a stage-1 TokenSet (later in time than what is held), then consolidate to budget.
 
         The plan is computed on metadata only; held and new features are copied once, into the result.
         """
-        held = [] if self.tokens is None else [self._held(self.tokens)]
+        held = [self._held(self.tokens)] if len(self.tokens) else []
         parts = [p for p in [*held, self._held(new)] if len(p)]
         if len(parts) == 2 and float(parts[1].time.min()) < float(parts[0].time.max()):
             joined = TokenSet.concat(parts)  # out of order (rare): reorder, forget cached similarities
@@ -83,9 +83,9 @@ class Memory:
         A token stands for the span [side["t_start"], time] of the originals merged into it; it is
         returned when that span meets the window.
         """
-        if self.tokens is None:
-            return TokenSet.empty(1)
         ts = self.tokens
+        if len(ts) == 0:
+            return ts
         inside = torch.ones(len(ts), dtype=torch.bool)
         if t0 is not None:
             inside &= ts.time >= float(t0)
@@ -103,7 +103,7 @@ class Memory:
             "tokens_seen": self.tokens_seen, "tokens_evicted": self.tokens_evicted,
             "tokens_merged": self.tokens_merged, "stats": self.stats,
         }, separators=(",", ":")).encode()
-        body = b"" if self.tokens is None else self.tokens.to_bytes()
+        body = self.tokens.to_bytes()
         return MAGIC + struct.pack("<I", len(head)) + head + body
 
     @property
@@ -119,7 +119,7 @@ class Memory:
         start = len(MAGIC) + 4
         head = json.loads(data[start : start + n])
         body = data[start + n :]
-        return Memory(tokens=TokenSet.from_bytes(body) if body else None, **head)
+        return Memory(tokens=TokenSet.from_bytes(body) if body else TokenSet.empty(1), **head)
 
 
 @dataclass(frozen=True)

@@ -98,10 +98,11 @@ def test_memory_bytes_when_serialised_then_nbytes_is_the_size_and_round_trip_is_
     assert (back.budget_tokens, back.chunks_applied, back.tokens_seen) == (40, 30, 240)
 
 
-def test_memory_when_empty_then_window_and_bytes_work():
+def test_memory_when_empty_then_tokens_window_and_bytes_work():
     memory = Memory(8)
-    assert memory.num_tokens == 0 and len(memory.window(0, 1)) == 0
+    assert memory.num_tokens == 0 and len(memory.tokens) == 0 and len(memory.window(0, 1)) == 0
     assert Memory.from_bytes(memory.to_bytes()).num_tokens == 0
+    assert memory.append(TokenSet.empty(8)).num_tokens == 0
 
 
 def test_memory_append_when_chunk_arrives_out_of_order_then_tokens_are_reordered_by_time():
