@@ -64,18 +64,16 @@ def _coeffs(in_size: int, out_size: int, mode: str) -> torch.Tensor:
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support *= filterscale
-    weights = np.zeros((out_size, in_size), dtype=np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size)
-        w = fn((np.arange(xmin, xmax) - center + 0.5) * (1.0 / filterscale))
-        total = w.sum()
-        if total != 0.0:
-            w = w / total
-        # normalize_coeffs_8bpc: round half away from zero to 22-bit integers
-        weights[xx, xmin:xmax] = np.trunc(w * (1 << PRECISION_BITS) + np.where(w < 0, -0.5, 0.5))
-    return torch.from_numpy(weights)
+    center = (np.arange(out_size) + 0.5) * scale  # [out]
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C casts truncate toward zero
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size)
+    x = np.arange(in_size)[None]  # [1, in]
+    inside = (x >= xmin[:, None]) & (x < xmax[:, None])
+    w = np.where(inside, fn((x - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)  # [out, in]
+    total = w.sum(axis=1, keepdims=True)
+    w = np.where(total != 0.0, w / np.where(total == 0.0, 1.0, total), w)
+    # normalize_coeffs_8bpc: round half away from zero to 22-bit integers
+    return torch.from_numpy(np.trunc(w * (1 << PRECISION_BITS) + np.where(w < 0, -0.5, 0.5)))
 
 
 def _pass(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
