@@ -18,6 +18,11 @@ space sampling") could not be read; this implements the released trainer as desc
 
 Every mask keeps exactly k tokens per frame (token mode) or k*t tokens (frame mode): the reward
 batch is budget-matched, as the released trainer asserts. Shapes: scores [F, N], masks [R, F, N].
+
+Adaptation for small grids (:func:`sampling_units`): the released code has 196 tokens per frame, so
+round(rate*N) >= 1 at every rate it uses. When round(rate*N) < 1 (vidmem-tiny has N = 9), the whole
+clip is one sampling unit ([1, F*N]) with k = round(rate*F*N) tokens, so training retention can go
+below one token per frame, as evaluation at 5-10% requires.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ from torch import Tensor
 def per_frame_k(rate: float, tokens_per_frame: int) -> int:
     """Tokens kept per frame at sample rate ``rate``: round(rate*N), at least 1, at most N."""
     return max(1, min(tokens_per_frame, round(rate * tokens_per_frame)))
+
+
+def sampling_units(rate: float, frames: int, tokens_per_frame: int) -> tuple[int, int]:
+    """(rows, k): per-frame units (rows = F) when round(rate*N) >= 1, else one unit of F*N tokens."""
+    if round(rate * tokens_per_frame) >= 1 or frames <= 1:
+        return frames, per_frame_k(rate, tokens_per_frame)
+    return 1, per_frame_k(rate, frames * tokens_per_frame)
 
 
 def cap_probs(p: Tensor, cap: float, floor: bool = True) -> Tensor:
@@ -162,7 +174,7 @@ def dpc_knn_select(features: Tensor, count: int, knn: int = 4, generator: torch.
 def frame_masks(
     frame_scores: Tensor,
     features: Tensor,
-    k: int,
+    total: int,
     rollouts: int,
     generator: torch.Generator | None = None,
     frame_ratio: float = 0.125,
@@ -170,11 +182,12 @@ def frame_masks(
 ) -> tuple[Tensor, Tensor]:
     """Frame-mode rollouts.
 
-    frame_scores [F] (v), features [F, N, D] original token features; returns (token masks [R, F, N]
-    with k*F True each, frame actions [R, F] bool: the chosen frames). Rollout 0 takes the top frames.
+    frame_scores [F] (v), features [F, N, D] original token features, ``total`` tokens to keep (k*F,
+    the token mode's budget); returns (token masks [R, F, N] with ``total`` True each, frame actions
+    [R, F] bool: the chosen frames). Rollout 0 takes the top frames.
     """
     num_frames, n, _ = features.shape
-    total = min(k * num_frames, num_frames * n)
+    total = min(total, num_frames * n)
     chosen = max(1, math.ceil(num_frames * frame_ratio))
     chosen = max(chosen, math.ceil(total / n))  # enough frames to hold the budget
     chosen = min(chosen, num_frames)

@@ -34,7 +34,7 @@ from compression.cacovid.objective import (
     token_loss,
 )
 from compression.cacovid.policy import CompressionPolicy
-from compression.cacovid.sampler import frame_masks, grouped_token_masks, noisy_topk_masks, per_frame_k
+from compression.cacovid.sampler import frame_masks, grouped_token_masks, noisy_topk_masks, sampling_units
 
 # rewards(masks [B, F, N] bool) -> [B] float in [0, 1]
 RewardFn = Callable[[Tensor], Tensor]
@@ -125,9 +125,12 @@ def train_sample(
     for it in range(cfg.inner_iters):
         if it:
             rate = adapt_rate(rate, float(torch.cat(mem_tok).mean()), cfg.min_rate, cfg.max_rate)
-        k = per_frame_k(rate, n)
-        tok_masks = _token_masks(old_u, k, rate, cfg, gen)  # [Rt, F, N]
-        frm_masks, frm_actions = frame_masks(old_v, sample.features, k, cfg.frame_rollouts, gen, cfg.frame_ratio)
+        rows, k = sampling_units(rate, num_frames, n)
+        unit_rate = k / old_u.numel() * rows  # the rate the unit's k stands for (== rate up to rounding)
+        tok_masks = _token_masks(old_u.reshape(rows, -1), k, unit_rate, cfg, gen).reshape(-1, num_frames, n)
+        frm_masks, frm_actions = frame_masks(
+            old_v, sample.features, k * rows, cfg.frame_rollouts, gen, cfg.frame_ratio
+        )
         reward = rewards(torch.cat([tok_masks, frm_masks])).float().cpu()  # one batched call
         r_tok, r_frm = reward[: cfg.token_rollouts], reward[cfg.token_rollouts :]
         mem_tok.append(r_tok)
@@ -173,11 +176,11 @@ def train_sample(
 
 @torch.no_grad()
 def topk_masks_for(policy: CompressionPolicy, sample: SampleInput, rate: float) -> Tensor:
-    """The deterministic policy's masks at ``rate``: per-frame top-k of u. Returns [1, F, N] bool."""
+    """The deterministic policy's masks at ``rate``: top-k of u per sampling unit. Returns [1, F, N] bool."""
     policy.eval()
     num_frames, n, d = sample.features.shape
     out = policy(sample.question, sample.features.reshape(-1, d), sample.frame_index)
-    scores = out.token_scores.float().cpu().reshape(num_frames, n)
-    k = per_frame_k(rate, n)
-    mask = torch.zeros(num_frames, n, dtype=torch.bool).scatter_(1, scores.topk(k, dim=1).indices, True)
-    return mask[None]
+    rows, k = sampling_units(rate, num_frames, n)
+    scores = out.token_scores.float().cpu().reshape(rows, -1)
+    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(k, dim=1).indices, True)
+    return mask.reshape(1, num_frames, n)

@@ -13,6 +13,7 @@ from compression.cacovid.sampler import (
     noisy_topk_masks,
     num_rank_groups,
     per_frame_k,
+    sampling_units,
     topk_mask,
 )
 
@@ -71,7 +72,7 @@ def test_frame_masks_when_sampling_frames_then_budget_matches_token_mode() -> No
     feats = torch.randn(32, 16, 8, generator=g)
     v = torch.randn(32, generator=g)
     # when
-    masks, actions = frame_masks(v, feats, k=2, rollouts=9, generator=g)
+    masks, actions = frame_masks(v, feats, 64, rollouts=9, generator=g)
     # then
     assert (masks.flatten(1).sum(-1) == 64).all(), "frame mode keeps k*t tokens in total"
     assert (actions.sum(-1) == 4).all(), "ceil(32 * 0.125) frames"
@@ -80,9 +81,15 @@ def test_frame_masks_when_sampling_frames_then_budget_matches_token_mode() -> No
 
 
 def test_frame_masks_when_budget_exceeds_chosen_frames_then_more_frames() -> None:
-    masks, actions = frame_masks(torch.zeros(4), torch.randn(4, 3, 2), k=2, rollouts=3)
+    masks, actions = frame_masks(torch.zeros(4), torch.randn(4, 3, 2), 8, rollouts=3)
     assert (masks.flatten(1).sum(-1) == 8).all()
     assert (actions.sum(-1) == 3).all()
+
+
+def test_sampling_units_when_grid_is_small_then_whole_clip_is_one_unit() -> None:
+    assert sampling_units(0.02, 16, 196) == (16, 4), "per frame when round(rate*N) >= 1"
+    assert sampling_units(0.02, 16, 9) == (1, 3), "one unit of F*N tokens for vidmem-tiny's 3x3 grid"
+    assert sampling_units(0.12, 16, 9) == (16, 1)
 
 
 def test_noisy_topk_and_dpc_counts() -> None:
