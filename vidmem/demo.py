@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from store import repo
@@ -120,6 +121,13 @@ def _wait_answered(runtime: Runtime, ids: list[str]) -> None:
     raise TimeoutError(f"questions not answered within {ANSWER_TIMEOUT_S:.0f} s")
 
 
+def _compact(text: str) -> str:
+    """A multiple-choice question on one line: the stem, then its choices."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    choices = [line for line in lines[1:] if len(line) > 2 and line[1] == "."]
+    return " ".join([lines[0], *choices]) if lines else text
+
+
 def _report(
     console: Console, runtime: Runtime, stream_id: str, ids: list[str], asked: list[DemoQuestion], wall_s: float
 ) -> bool:
@@ -134,7 +142,8 @@ def _report(
     for question, demo_question in zip(questions, asked, strict=True):
         answer_ms = sum(question.timings.values()) if question.timings else 0.0
         answers.add_row(
-            question.text, question.answer or f"[red]{question.status}: {question.error}",
+            escape(_compact(question.text)),
+            escape(question.answer) if question.answer else f"[red]{question.status}: {escape(str(question.error))}",
             demo_question.expected or "-",
             f"{question.visual_tokens_before} -> {question.visual_tokens_after}", f"{answer_ms:.0f}",
         )
