@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from store import db
 from store.blobs import BlobStore, LocalBlobStore, RedisBlobStore
 from store.memory_store import LocalMemoryStore, MemoryStore, RedisMemoryStore
-from vidmem.settings import Settings
+from vidmem.settings import DEFAULT_MODEL, Settings
 
 if TYPE_CHECKING:
     from vlm.base import VideoLLM
@@ -25,9 +25,18 @@ REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def resolve_model_name(name: str) -> str:
-    """'vidmem-tiny' is the model shipped in the repository; other names pass through."""
+    """'vidmem-tiny' is the model shipped in the repository; other names pass through.
+
+    A checkout without the trained folder falls back to the tiny random model, whose answers
+    are then marked as coming from an untrained model.
+    """
     shipped = REPO_MODELS / name
-    return str(shipped) if shipped.is_dir() else name
+    if shipped.is_dir():
+        return str(shipped)
+    if name == DEFAULT_MODEL:
+        log.warning("%s is not in this checkout (%s); using an untrained tiny-random model", name, shipped)
+        return "tiny-random"
+    return name
 
 
 @dataclass
