@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ def _corpus() -> list[str]:
     return texts
 
 
+@lru_cache(maxsize=2)
 def build_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
     """Deterministic byte-level BPE with LLaVA-OneVision's special tokens; eos '<|im_end|>'."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -135,6 +135,7 @@ class State:
     step: int = 0
     elapsed: float = 0.0
     history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
 
 
 def _checkpoint_path(cfg: TinyConfig) -> Path:
@@ -157,18 +158,27 @@ def save_checkpoint(cfg: TinyConfig, model, opt, state: State) -> None:  # type:
     tmp.replace(path)
 
 
+RUN_LENGTH = ("out", "work_dir", "steps", "max_minutes", "eval_every", "checkpoint_every", "threads", "heldout_clips")
+
+
+def _identity(config: dict) -> dict:
+    """The config fields a checkpoint must agree on (run length and output paths may change on resume)."""
+    return {k: v for k, v in config.items() if k not in RUN_LENGTH}
+
+
 def load_checkpoint(cfg: TinyConfig, model, opt) -> State:  # type: ignore[no-untyped-def]
     path = _checkpoint_path(cfg)
     if not path.is_file():
         return State()
     ckpt = torch.load(path, weights_only=False)
-    if json.loads(ckpt["config"]) != json.loads(json.dumps(asdict(cfg))):
+    if _identity(json.loads(ckpt["config"])) != _identity(json.loads(json.dumps(asdict(cfg)))):
         log.warning("checkpoint %s was written with another config; starting afresh", path)
         return State()
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["opt"])
     log.info("resumed from %s at step %d", path, ckpt["state"]["step"])
-    return State(**ckpt["state"])
+    saved = {k: v for k, v in ckpt["state"].items() if k != "resumed_from"}
+    return State(**saved, resumed_from=saved["step"])
 
 
 def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, float]]:
@@ -216,7 +226,13 @@ def run(cfg: TinyConfig) -> dict:
     metrics = evaluate(adapter, heldout)
     log.info("held-out accuracy %s", json.dumps(metrics))
     write_folder(cfg, model, tokenizer, state, metrics)
-    return {"steps": state.step, "train_minutes": state.elapsed / 60, "heldout": metrics, "out": cfg.out}
+    return {
+        "steps": state.step,
+        "train_minutes": state.elapsed / 60,
+        "heldout": metrics,
+        "out": cfg.out,
+        "resumed_from": state.resumed_from,
+    }
 
 
 def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout) -> None:  # type: ignore[no-untyped-def]
