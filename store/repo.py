@@ -132,6 +132,15 @@ def chunk_counts(session: Session, *, stream_id: str) -> dict[str, int]:
     return counts
 
 
+def stream_token_totals(session: Session, *, stream_id: str) -> tuple[int, int]:
+    """Visual tokens encoded and kept by stage 1, summed over the applied chunks of a stream."""
+    query = select(
+        func.coalesce(func.sum(ChunkRecord.tokens_in), 0), func.coalesce(func.sum(ChunkRecord.tokens_out), 0)
+    )
+    encoded, kept = session.execute(query.where(ChunkRecord.stream_id == stream_id)).one()
+    return int(encoded), int(kept)
+
+
 def stream_timings(session: Session, *, stream_id: str) -> dict[str, float]:
     """Summed per-stage milliseconds over the applied chunks of a stream."""
     totals: dict[str, float] = {}

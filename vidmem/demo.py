@@ -135,9 +135,10 @@ def _report(
         questions = [repo.get_question(session, qid) for qid in ids]
         chunks = repo.chunk_counts(session, stream_id=stream_id)
         stage_ms = repo.stream_timings(session, stream_id=stream_id)
+        encoded, kept = repo.stream_token_totals(session, stream_id=stream_id)
     record = runtime.memory_store.load(stream_id)
     answers = Table(title="answers")
-    for column in ("question", "answer", "expected", "tokens before -> after", "answer ms"):
+    for column in ("question", "answer", "expected", "memory -> LLM tokens", "answer ms"):
         answers.add_column(column)
     for question, demo_question in zip(questions, asked, strict=True):
         answer_ms = sum(question.timings.values()) if question.timings else 0.0
@@ -152,7 +153,9 @@ def _report(
     figures.add_column("figure")
     figures.add_column("value")
     figures.add_row("chunks (applied/dropped/failed)", f"{chunks['applied']}/{chunks['dropped']}/{chunks['failed']}")
-    figures.add_row("memory tokens", str(record.tokens if record else 0))
+    figures.add_row("visual tokens encoded (before compression)", str(encoded))
+    figures.add_row("visual tokens after stage 1", f"{kept} ({runtime.settings.stage1})")
+    figures.add_row("memory tokens (budget)", f"{record.tokens if record else 0} ({runtime.settings.memory_budget})")
     figures.add_row("memory bytes", str(record.nbytes if record else 0))
     for stage in ("decode_ms", "encode_ms", "compress_ms"):
         figures.add_row(f"{stage.removesuffix('_ms')} ms (all chunks)", f"{stage_ms.get(stage, 0.0):.0f}")
