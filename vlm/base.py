@@ -205,14 +205,15 @@ class VideoLLM:
                       decode_ms=decode_ms, new_tokens=len(new))
 
     @torch.no_grad()
-    def generate(self, prompt: Prompt, max_new_tokens: int) -> tuple[list[int], float, float]:
+    def generate(self, prompt: Prompt, max_new_tokens: int, min_new_tokens: int = 0) -> tuple[list[int], float, float]:
         """Greedy generation from a prompt: (new token ids, prefill ms, decode ms)."""
         embeds = self.embed(prompt)
         clock = _Clock(embeds.device)
         kwargs: dict[str, Any] = {
             "inputs_embeds": embeds, "attention_mask": torch.ones(embeds.shape[:2], dtype=torch.long,
                                                                   device=self.device),
-            "max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": self._eos_ids,
+            "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "do_sample": False,
+            "eos_token_id": self._eos_ids,
             "pad_token_id": self.tokenizer.pad_token_id, "logits_processor": LogitsProcessorList([clock]),
         }
         if prompt.position_ids is not None:
