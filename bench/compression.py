@@ -18,6 +18,7 @@ Warm-up runs are discarded; figures are medians. Prints a table, writes JSON, en
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -196,6 +197,7 @@ def run(cfg: BenchConfig | None = None) -> dict:
 
 def environment(cfg: BenchConfig) -> dict:
     env = {"torch": torch.__version__, "threads": cfg.threads, "cpu": platform.processor() or platform.machine(),
+           "cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
            "encode_s_per_frame": ENCODE_S_PER_FRAME, "encode_source": "research/vlm-feasibility.md section 5"}
     if cfg.device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)

@@ -5,7 +5,8 @@ arXiv 2503.02175, CVPR 2025, section 3 (Eq. 4-6): select the subset maximising t
 cosine distance, solved greedily: repeatedly add the token whose distance to the selected set is
 largest. The first pick is the token farthest from the set's mean [ASSUMPTION: the paper's seed
 choice is not reproduced here]. The greedy loop runs ``budget`` steps, each vectorised over all K
-tokens (O(budget * K * D)), which is what the method is.
+tokens; up to ``gram_max_tokens`` tokens the K x K similarities are computed once (one matmul, then
+O(K) per step), above it each step computes one row (O(budget * K * D) in all).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from compression.tokens import TokenSet
 class DivPrune:
     @dataclass(frozen=True)
     class Params:
-        pass
+        gram_max_tokens: int = 8192  # precompute the K x K similarities up to this K (256 MB at 8192)
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -34,15 +35,20 @@ class DivPrune:
         if budget <= 0:
             return tokens.gather(torch.zeros(0, dtype=torch.int64))
         x = F.normalize(tokens.features.float(), dim=-1)  # [K, D]
+        gram = x @ x.T if len(tokens) <= self.params.gram_max_tokens else None  # [K, K] cosine, when it fits
         centre = F.normalize(x.mean(0), dim=0)
-        first = int(torch.argmin(x @ centre))
         chosen = torch.empty(budget, dtype=torch.int64)
-        chosen[0] = first
-        dist = 1.0 - x @ x[first]  # [K] cosine distance to the selected set
-        dist[first] = -1.0
+        chosen[0] = int(torch.argmin(x @ centre))
+        dist = 1.0 - self._similarity(x, gram, int(chosen[0]))  # [K] cosine distance to the selected set
+        dist[chosen[0]] = -1.0
         for step in range(1, budget):  # picks, each vectorised over the K tokens
             pick = int(torch.argmax(dist))
             chosen[step] = pick
-            dist = torch.minimum(dist, 1.0 - x @ x[pick])  # chosen tokens stay at -1
+            dist = torch.minimum(dist, 1.0 - self._similarity(x, gram, pick))  # chosen tokens stay at -1
             dist[pick] = -1.0
         return tokens.gather(torch.sort(chosen).values)
+
+    @staticmethod
+    def _similarity(x: torch.Tensor, gram: torch.Tensor | None, i: int) -> torch.Tensor:
+        """Cosine similarity of token i to all: [K] (a row of the precomputed Gram matrix when there is one)."""
+        return gram[i] if gram is not None else x @ x[i]

@@ -88,3 +88,10 @@ def test_cacovid_when_quota_half_is_filled_then_the_other_half_is_evenly_spaced_
     out = method.select(tokens, 16, SelectContext("q", None))
     idx = (out.frame * 16 + out.position).tolist()
     assert idx == torch.linspace(0, 127, 16).round().long().tolist()
+
+
+def test_divprune_when_gram_matrix_is_off_then_the_same_tokens_are_picked():
+    tokens = _tokens(seed=4)
+    with_gram = build_method("divprune").select(tokens, 30, SelectContext())
+    streamed = build_method("divprune:gram_max_tokens=0").select(tokens, 30, SelectContext())
+    assert torch.equal(with_gram.frame * 16 + with_gram.position, streamed.frame * 16 + streamed.position)
