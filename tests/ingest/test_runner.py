@@ -232,3 +232,20 @@ def test_stream_ingest_when_server_accepts_but_never_answers_times_out(run_inges
     assert got.final.status is StreamStatus.FAILED and "gave up after 1" in got.final.reason, got.final
     assert "no answer within" in got.final.reason
     assert time.monotonic() - t0 < 8
+
+
+def test_stream_ingest_when_one_stream_fails_others_are_unaffected(run_ingest, make_h264, tmp_path):
+    # given a good clip, a corrupt file and a refused scheme, ingested at the same time
+    good = make_h264(tmp_path / "good.mp4", seconds=3.0, fps=10)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"garbage" * 1000)
+    config = IngestConfig(sample_fps=2.0, chunk_seconds=1.0, frame_size=16, realtime=True)
+    runs = [run_ingest(url, config, wait=False, stream_id=name)
+            for name, url in (("good", str(good)), ("bad", str(bad)), ("ftp", "ftp://cam/x"))]
+    # when all have finished
+    for ingest, _ in runs:
+        assert ingest.join(10)
+    (_, good_got), (_, bad_got), (_, ftp_got) = runs
+    # then the failures are reported and the good stream delivered all of its chunks
+    assert bad_got.final.status is StreamStatus.FAILED and ftp_got.final.status is StreamStatus.FAILED
+    assert good_got.final.status is StreamStatus.ENDED and [c.seq for c in good_got.chunks] == [0, 1, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -31,9 +32,10 @@ def _live_events(got):  # type: ignore[no-untyped-def]
     return [e for e in got.events if e.status is StreamStatus.LIVE]
 
 
-def test_stream_ingest_when_rtsp_live_delivers_ordered_chunks(rtsp_server, run_ingest):
-    # given a live RTSP stream
-    ingest, got = run_ingest(rtsp_server.url, LIVE, wait=False)
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_stream_ingest_when_rtsp_live_delivers_ordered_chunks(rtsp_server, run_ingest, transport):
+    # given a live RTSP stream, read over TCP (interleaved) or UDP
+    ingest, got = run_ingest(rtsp_server.url, replace(LIVE, rtsp_transport=transport), wait=False)
     # when three chunks have arrived
     assert got.wait_for(lambda: len(got.chunks) >= 3, timeout=15), got.events
     # then they are in order, a chunk long, with about 5 frames each at 0.2 s spacing
