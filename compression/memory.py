@@ -165,7 +165,8 @@ def consolidate(meta: TokenSet, rows: Rows, budget: int) -> tuple[TokenSet, int,
         return replace(meta, features=rows.take(torch.arange(k))), 0, 0
     early = max(0, excess - (k - int(torch.unique(meta.position).numel())))
     live = torch.arange(early, k)
-    plan = plan_merges(meta.gather(live), lambda i: rows.at(live[i]), len(live) - budget)
+    plan = plan_merges(meta.gather(live), lambda i: rows.at(live[i]), len(live) - budget) if early else \
+        plan_merges(meta, rows.at, k - budget)
     slots = torch.arange(len(live))
     keep = torch.nonzero(plan.target == slots, as_tuple=True)[0]
     late = max(0, len(keep) - budget)
