@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.routes import questions, streams, webrtc
+from api.routes import metrics, questions, streams, webrtc
 from store.repo import NotFound
 from workers.runtime import Runtime
 
-ROUTERS = [streams.router, questions.router, webrtc.router]
+ROUTERS = [streams.router, questions.router, webrtc.router, metrics.router]
 
 
 def create_app(runtime: Runtime) -> FastAPI:

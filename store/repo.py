@@ -53,6 +53,16 @@ def set_stream_status(
     session.execute(update(Stream).where(Stream.id == stream_id).values(**values))
 
 
+def set_stream_stats(session: Session, *, stream_id: str, stats: dict[str, Any]) -> None:
+    session.execute(update(Stream).where(Stream.id == stream_id).values(stats=stats, updated_at=utcnow()))
+
+
+def question_counts(session: Session) -> dict[tuple[str, str], int]:
+    """Questions by (stream id, status)."""
+    query = select(Question.stream_id, Question.status, func.count()).group_by(Question.stream_id, Question.status)
+    return {(stream_id, status): n for stream_id, status, n in session.execute(query).all()}
+
+
 def create_question(
     session: Session, *, stream_id: str, text: str,
     window_start: float | None = None, window_end: float | None = None,

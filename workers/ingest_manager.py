@@ -38,9 +38,11 @@ class Running:
 
 
 class IngestManager:
-    def __init__(self, runtime: Runtime, poll_seconds: float = 1.0) -> None:
+    def __init__(self, runtime: Runtime, poll_seconds: float = 1.0, stats_seconds: float = 2.0) -> None:
         self.runtime = runtime
         self.poll_seconds = poll_seconds
+        self.stats_seconds = stats_seconds
+        self._stats_written = 0.0
         self._running: dict[str, Running] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ingest-manager", daemon=True)
@@ -64,6 +66,7 @@ class IngestManager:
         while not self._stop.is_set():
             try:
                 self.sync()
+                self.write_stats()
             except Exception:
                 log.exception("ingest manager sync failed")
             self._stop.wait(self.poll_seconds)
@@ -82,6 +85,17 @@ class IngestManager:
         for stream_id, (url, loop) in wanted.items():
             if stream_id not in self._running:
                 self._start(stream_id, url, loop)
+
+    def write_stats(self, force: bool = False) -> None:
+        """Copy each running ingest's counters (frames, drops, reconnects, lag, gaps) to its row."""
+        now = time.monotonic()
+        if not force and now - self._stats_written < self.stats_seconds:
+            return
+        self._stats_written = now
+        snapshots = {sid: r.ingest.stats() for sid, r in list(self._running.items())}
+        with session_scope(self.runtime.sessions) as session:
+            for stream_id, stats in snapshots.items():
+                repo.set_stream_stats(session, stream_id=stream_id, stats=stats)
 
     def _start(self, stream_id: str, url: str, loop: bool) -> None:
         seq_base, time_base = self._resume_point(stream_id)

@@ -61,3 +61,13 @@ def test_delete_stream_stops_it_but_keeps_history(client, stream_id):
 def test_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     assert "/streams/{stream_id}/questions" in client.get("/openapi.json").json()["paths"]
+
+
+def test_metrics_when_a_stream_has_questions_exposes_its_counts(client, stream_id):
+    client.post(f"/streams/{stream_id}/questions", json={"text": "what?"})
+
+    text = client.get("/metrics").text
+
+    assert f'vidmem_stream_up{{stream="{stream_id}",status="connecting"}} 1' in text
+    assert f'vidmem_questions{{stream="{stream_id}",status="queued"}} 1' in text
+    assert f'vidmem_chunks{{stream="{stream_id}",status="pending"}} 0' in text
