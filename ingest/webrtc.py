@@ -9,6 +9,7 @@ H.264), so the page caps the browser's frame rate instead (see ``Answer.max_fram
 
 ICE host candidates are the machine's addresses except loopback (aioice's default), or exactly
 ``IngestConfig.ice_hosts`` when set, e.g. ``("127.0.0.1",)`` on a loopback-only test network.
+aioice has no per-connection setting, so this is process-wide (``use_ice_hosts``).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class WebRTCReceiver:
     def run(self) -> StatusEvent:
         """Serve offers until stopped; returns the final status."""
         self.loop = asyncio.new_event_loop()
-        use_ice_hosts(self.config.ice_hosts)
+        if self.config.ice_hosts:
+            use_ice_hosts(self.config.ice_hosts)
         with _receivers_lock:
             if self.name in _receivers:
                 return self.delivery.event(StreamStatus.FAILED, f"a WebRTC ingest named {self.name!r} already runs")

@@ -90,20 +90,42 @@ def _netns_missing() -> str | None:
     return None
 
 
-@pytest.mark.slow
-def test_webrtc_ingest_when_chromium_streams_its_fake_webcam_delivers_its_picture(tmp_path):
-    # given headless Chromium, a fake webcam playing a red|blue y4m, and a loopback-only namespace
+def _browser_roundtrip(workdir: Path, *extra: str) -> dict:  # type: ignore[type-arg]
+    """Run ``peers/webcam_roundtrip.py`` in a loopback-only network namespace; its JSON result."""
     missing = ("chromium is missing (Debian: chromium)" if chromium_path() is None else None) or _netns_missing()
     if missing:
         skip_or_fail(missing)
-    script = f"ip link set lo up; exec {sys.executable} -m tests.ingest.peers.webcam_roundtrip --workdir {tmp_path}"
-    # when the webcam page streams it over WebRTC into a webrtc:// ingest
-    done = subprocess.run(["unshare", "-n", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=90)
+    command = f"{sys.executable} -m tests.ingest.peers.webcam_roundtrip --workdir {workdir} {' '.join(extra)}"
+    done = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {command}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _assert_red_left_blue_right(halves: list) -> None:  # type: ignore[type-arg]
+    assert halves and all(h for h in halves), halves
+    for left, right in halves:
+        assert left[0] > 150 and left[2] < 90 and right[2] > 150 and right[0] < 90, halves
+
+
+@pytest.mark.slow
+def test_webrtc_ingest_when_chromium_streams_its_fake_webcam_delivers_its_picture(tmp_path):
+    # given headless Chromium with a fake webcam playing a red|blue y4m, in a loopback-only namespace
+    # when the webcam page streams it over WebRTC into a webrtc:// ingest
+    result = _browser_roundtrip(tmp_path)
     # then chunks arrive in order, and their frames show the webcam's red left and blue right
     seqs = [c[0] for c in result["chunks"]]
     assert len(seqs) >= 3 and seqs == list(range(len(seqs))), result["chunks"]
-    for left, right in result["halves"]:
-        assert left[0] > 150 and left[2] < 90 and right[2] > 150 and right[0] < 90, result["halves"]
+    _assert_red_left_blue_right(result["halves"])
     assert result["statuses"][:2] == ["connecting", "live"] and result["statuses"][-1] == "stopped"
+
+
+@pytest.mark.slow
+def test_webrtc_route_when_chromium_opens_the_webcam_page_records_chunks(tmp_path):
+    # given the real API and ingest manager, and headless Chromium with the red|blue fake webcam
+    # when the browser opens /webcam, which posts its offer to /streams/cam/webrtc
+    result = _browser_roundtrip(tmp_path, "--api")
+    # then the stream was created as webrtc://cam, is live, and its chunks hold the webcam's picture
+    assert result["stream"] == ["live", "webrtc://cam"], result
+    assert [c[0] for c in result["chunks"]][:3] == [0, 1, 2], result["chunks"]
+    _assert_red_left_blue_right(result["halves"])
