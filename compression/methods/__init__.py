@@ -9,6 +9,7 @@ from compression.methods import (  # noqa: F401
     fastv,
     none,
     random,
+    recent,
     tome,
     uniform,
     visionzip,

@@ -11,7 +11,8 @@ from compression.registry import build_method, list_methods, parse_spec, registe
 
 def test_list_methods_when_asked_per_stage_then_lists_the_issue_methods():
     assert set(list_methods(1)) == {"none", "uniform", "random", "tome", "dtd", "adatp-local", "vtm"}
-    assert set(list_methods(2)) == {"uniform", "random", "fastv", "visionzip", "divprune", "adatp", "cacovid"}
+    assert set(list_methods(2)) == {"uniform", "random", "fastv", "visionzip", "divprune", "adatp", "cacovid",
+                                  "recent"}
     assert list_methods() == sorted(set(list_methods(1)) | set(list_methods(2)))
 
 

@@ -95,3 +95,9 @@ def test_divprune_when_gram_matrix_is_off_then_the_same_tokens_are_picked():
     with_gram = build_method("divprune").select(tokens, 30, SelectContext())
     streamed = build_method("divprune:gram_max_tokens=0").select(tokens, 30, SelectContext())
     assert torch.equal(with_gram.frame * 16 + with_gram.position, streamed.frame * 16 + streamed.position)
+
+
+def test_recent_when_selecting_then_keeps_the_latest_tokens():
+    tokens = _tokens()
+    out = build_method("recent").select(tokens, 20, SelectContext())
+    assert torch.equal(out.features, tokens.features[-20:])
