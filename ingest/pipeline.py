@@ -6,9 +6,11 @@ Shared by the PyAV reader (``ingest.reader``) and the WebRTC receiver (``ingest.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import av
+import numpy as np
 
 from ingest.chunker import Chunker
 from ingest.delivery import Delivery
@@ -32,6 +34,7 @@ class FramePipeline:
         self.index = 0
         self.live_reported = False
         self._cpu_ms = 0.0  # decode CPU time not yet charged to a chunk
+        self._held: Frame | None = None  # a sampled keyframe waiting for motion (export_motion only)
 
     def new_connection(self) -> None:
         """The next frame reports LIVE again (with the gap, if any)."""
@@ -40,30 +43,53 @@ class FramePipeline:
     def charge(self, cpu_ms: float) -> None:
         self._cpu_ms += cpu_ms
 
+    @property
+    def wants_next_frame(self) -> bool:
+        """A sampled keyframe waits for the next frame's motion vectors (keyframes carry none)."""
+        return self._held is not None
+
     def offer(self, frame: av.VideoFrame, seconds: float) -> bool:
         """Take ``frame`` (at ``seconds`` on the ingest timeline) if the sampler wants it."""
         self.stats.add(frames_decoded=1)
+        if self._held is not None:
+            self._release(self._motion(frame))
         if not self.sampler.accept(seconds):
             return False
         cpu0 = time.thread_time()
         image = to_image(frame, self.config.size_hw)
-        motion = motion_grid(frame, *self.config.motion_grid) if self.config.export_motion else None
         self.charge((time.thread_time() - cpu0) * 1e3)
-        now = time.time()
-        sample = Frame(image, round(seconds * CLOCK_RATE), TIME_BASE, now, self.index, motion)
+        sample = Frame(image, round(seconds * CLOCK_RATE), TIME_BASE, time.time(), self.index)
         self.index += 1
+        if self.config.export_motion and frame.key_frame:
+            self._held = sample  # its motion comes from the next frame, which references it
+        else:
+            self._emit(replace(sample, motion=self._motion(frame)) if self.config.export_motion else sample)
+        return True
+
+    def _motion(self, frame: av.VideoFrame) -> np.ndarray:
+        cpu0 = time.thread_time()
+        grid = motion_grid(frame, *self.config.motion_grid)
+        self.charge((time.thread_time() - cpu0) * 1e3)
+        return grid
+
+    def _release(self, motion: np.ndarray) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._emit(replace(held, motion=motion))
+
+    def _emit(self, sample: Frame) -> None:
         self.stats.add(frames_sampled=1)
-        self.stats.set(last_frame_wall=now, media_seconds=self.timeline.end)
+        self.stats.set(last_frame_wall=sample.wall_time, media_seconds=self.timeline.end)
         if not self.live_reported:
             self._report_live()
         self._charge_chunk()
         chunk = self.chunker.add(sample)
         if chunk is not None:
             self.delivery.enqueue(chunk, self.stop)
-        return True
 
     def flush(self) -> None:
         """Close the open chunk (disconnect, end, stop)."""
+        self._release(np.zeros(self.config.motion_grid, np.float32))
         self._charge_chunk()
         chunk = self.chunker.flush()
         if chunk is not None:

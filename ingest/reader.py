@@ -98,7 +98,8 @@ class ConnectionReader:
         if self.pace:
             self._wait_for(seconds)
         is_key = packet.is_keyframe or self._intra_only
-        if self.planner.should_decode(seconds, is_key, self.pipeline.sampler.next_due):
+        wanted = self.pipeline.wants_next_frame and self.planner.can_decode(is_key)  # motion for a keyframe
+        if self.planner.should_decode(seconds, is_key, self.pipeline.sampler.next_due) or wanted:
             self._decode(stream, packet)
         else:
             self._progress = time.monotonic()

@@ -60,6 +60,10 @@ class DecodePlanner:
         self._gop_skipped = True
         return False
 
+    def can_decode(self, is_key: bool) -> bool:
+        """Whether a packet the plan did not ask for could still decode cleanly (its references were)."""
+        return is_key or (self._last_key is not None and not self._gop_skipped)
+
     def _on_key(self, seconds: float, next_due: float) -> bool:
         if self._last_key is not None and seconds - self._last_key > TIME_EPS:
             self._intervals.append(seconds - self._last_key)

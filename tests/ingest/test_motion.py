@@ -36,3 +36,20 @@ def test_stream_ingest_when_export_motion_attaches_a_grid_per_frame(run_ingest, 
     motions = [f.motion for c in got.chunks for f in c.frames]
     assert all(m is not None and m.shape == (3, 5) for m in motions)
     assert sum(float(m.max()) > 0 for m in motions[1:]) >= 3
+
+
+def test_stream_ingest_when_motion_wanted_and_only_keyframes_sampled_takes_motion_from_next_frame(
+    run_ingest, make_h264, tmp_path
+):
+    # given a keyframe every second, sampled at 1 fps (so every sample is a keyframe, which has no vectors)
+    path = make_h264(tmp_path / "clip.mp4", seconds=4.0, fps=10, size=64, gop=10)
+    config = IngestConfig(sample_fps=1.0, chunk_seconds=4.0, frame_size=16, realtime=False,
+                          export_motion=True, motion_grid=(4, 4))
+    # when ingested with decode skipping
+    ingest, got = run_ingest(str(path), config)
+    # then each sample keeps its own time and image, with the motion of the frame after it
+    frames = got.chunks[0].frames
+    assert [f.seconds for f in frames] == [0.0, 1.0, 2.0, 3.0]
+    assert all(f.motion is not None and f.motion[1:3].max() > 0.5 for f in frames)
+    # and only that one extra frame per sample is decoded once the GOP is known
+    assert ingest.stats()["frames_decoded"] <= 10 + 3 * 2
