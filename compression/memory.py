@@ -174,11 +174,11 @@ def consolidate(meta: TokenSet, rows: Rows, budget: int) -> tuple[TokenSet, int,
     out = meta.gather(live[keep])
     out = replace(out, features=rows.take(live[keep]), side={
         **out.side, "t_start": plan.t_start[keep], "next_sim": plan.next_sim[keep]})
-    slot = torch.searchsorted(keep, plan.dst)
-    alive = slot < len(keep)
-    alive[alive.clone()] &= keep[slot[alive]] == plan.dst[alive]  # groups whose representative survived
-    out.features[slot[alive]] = plan.features[alive].to(out.features.dtype)
-    out.size[slot[alive]] = plan.sizes[alive]
+    if len(keep) and plan.dst.numel():
+        slot = torch.searchsorted(keep, plan.dst).clamp_max(len(keep) - 1)
+        alive = keep[slot] == plan.dst  # merged groups whose representative was not evicted
+        out.features[slot[alive]] = plan.features[alive].to(out.features.dtype)
+        out.size[slot[alive]] = plan.sizes[alive]
     n_merged = int((plan.target != slots).sum())
     return out, n_merged, early + late
 
