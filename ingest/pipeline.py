@@ -80,6 +80,8 @@ class FramePipeline:
     def _emit(self, sample: Frame) -> None:
         self.stats.add(frames_sampled=1)
         self.stats.set(last_frame_wall=sample.wall_time, media_seconds=self.timeline.end)
+        if self.timeline.live:  # decoding slower than the source shows up here first
+            self.stats.set(behind_live_seconds=max(0.0, self.timeline.elapsed() - sample.seconds))
         if not self.live_reported:
             self._report_live()
         self._charge_chunk()

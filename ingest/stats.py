@@ -31,6 +31,7 @@ class IngestStats:
     gap_count: int = 0
     gap_seconds: float = 0.0
     lag_seconds: float = 0.0  # wall time from decoding the newest frame of a chunk to handing it over
+    behind_live_seconds: float = 0.0  # live sources: wall clock minus the media time of the newest sample
     media_seconds: float = 0.0  # end of the ingest timeline so far
     decode_cpu_seconds: float = 0.0
     queue_depth: int = 0

@@ -51,6 +51,7 @@ def test_stream_ingest_when_rtsp_live_delivers_ordered_chunks(rtsp_server, run_i
     assert chunks[0].frames[0].image.shape == (32, 32, 3)
     stats = ingest.stats()
     assert stats["status"] == "live" and stats["connects"] == 1 and stats["frames_sampled"] >= 15
+    assert stats["behind_live_seconds"] < 1.0, "a 320x240 stream is decoded in real time"
 
 
 def test_stream_ingest_when_rtsp_server_restarts_records_gap_and_continues_seq(rtsp_server, run_ingest):
