@@ -10,32 +10,18 @@ import sys
 import time
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from ingest.entities import IngestConfig, StreamStatus
 from ingest.webrtc import WebRTCNotReady, answer_offer, is_waiting
 from tests.ingest.peers import skip_or_fail
 from tests.ingest.peers.browser import chromium_path
+from tests.ingest.peers.webcam_track import HalvesTrack
 
 REPO = Path(__file__).resolve().parents[2]
 
 LOOPBACK = IngestConfig(sample_fps=5.0, chunk_seconds=1.0, frame_size=32, ice_hosts=("127.0.0.1",), stall_seconds=2.0)
-
-
-class HalvesTrack(VideoStreamTrack):
-    """A 160x120 webcam whose left half is red and right half blue."""
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        image = np.zeros((120, 160, 3), np.uint8)
-        image[:, :80] = (220, 20, 20)
-        image[:, 80:] = (20, 20, 220)
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame.pts, frame.time_base = pts, time_base
-        return frame
 
 
 async def _send_webcam(name: str, seconds: float) -> None:

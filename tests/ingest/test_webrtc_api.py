@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from store.db import session_scope
 from store.models import ChunkRecord
-from tests.ingest.test_webrtc import HalvesTrack
+from tests.ingest.peers.webcam_track import HalvesTrack
 from workers.app import create_celery
 from workers.ingest_manager import IngestManager
 from workers.runtime import Runtime
