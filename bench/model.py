@@ -14,11 +14,14 @@ import multiprocessing
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from vlm.base import VideoLLM
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ def canonical_family(name: str) -> str:
     return ALIASES.get(key, key.replace("-", "_"))
 
 
-def build(cfg: BenchConfig, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+def build(cfg: BenchConfig, dtype: torch.dtype) -> VideoLLM:
     """A VideoLLM at tiny or real dimensions with random weights, without touching disk."""
     from transformers import AutoModelForImageTextToText
 
@@ -85,7 +88,7 @@ def build(cfg: BenchConfig, dtype: torch.dtype):  # type: ignore[no-untyped-def]
     return adapter_classes()[cfg.family](model, tok, name=f"random-{cfg.family}-{cfg.size}", trained=False)
 
 
-def _median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -96,7 +99,7 @@ def _median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times)
 
 
-def measure_vision(model, cfg: BenchConfig) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def measure_vision(model: VideoLLM, cfg: BenchConfig) -> tuple[float, int]:
     """(seconds per frame, tokens per frame) for 480x640 frames."""
     frames = (np.random.RandomState(0).rand(cfg.vision_frames, *FRAME_HW, 3) * 255).astype(np.uint8)
     times = [0.5 * i for i in range(cfg.vision_frames)]
@@ -106,7 +109,7 @@ def measure_vision(model, cfg: BenchConfig) -> tuple[float, int]:  # type: ignor
     return seconds / cfg.vision_frames, int(per_frame)
 
 
-def measure_llm(model, cfg: BenchConfig, tokens_per_frame: int) -> tuple[dict, dict, float]:  # type: ignore[no-untyped-def]
+def measure_llm(model: VideoLLM, cfg: BenchConfig, tokens_per_frame: int) -> tuple[dict, dict, float]:
     """Prefill seconds at each ratio of 8 frames' tokens, and decode tokens/s after the full prompt."""
     from compression.tokens import TokenBlock
 
@@ -132,7 +135,7 @@ def measure_llm(model, cfg: BenchConfig, tokens_per_frame: int) -> tuple[dict, d
     return prefill, counts, decode
 
 
-def _grid(model, tokens_per_frame: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def _grid(model: Any, tokens_per_frame: int) -> tuple[int, int]:
     if model.family in ("qwen2_vl", "qwen2_5_vl"):
         side = model.frame_size(*FRAME_HW)
         step = model.patch * model.merge

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from compression.tokens import TokenBlock, TokenSet
 from vlm.base import Prompt, PromptBuilder, VideoLLM, time_order
@@ -36,8 +37,8 @@ class LlavaOneVision(VideoLLM):
 
     family = "llava_onevision"
 
-    def __init__(self, model, tokenizer, *, name: str, trained: bool = True,  # type: ignore[no-untyped-def]
-                 folder: str | Path | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str,
+                 trained: bool = True, folder: str | Path | None = None) -> None:
         super().__init__(model, tokenizer, name=name, trained=trained)
         vision = model.config.vision_config
         side = math.ceil(vision.image_size // vision.patch_size / 2)

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vlm.base import VideoLLM
 from vlm.errors import ModelLoadError, UnsupportedModelError
@@ -152,7 +153,8 @@ def _check_folder(folder: Path) -> None:
         raise ModelLoadError(str(folder), "the folder has no config.json")
 
 
-def _load_weights(location: str, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+def _load_weights(location: str, device: torch.device,
+                  dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     try:

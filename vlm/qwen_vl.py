@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from compression.tokens import TokenBlock, TokenSet
 from vlm.base import Prompt, PromptBuilder, VideoLLM, time_order
@@ -56,8 +57,8 @@ class Qwen2VL(VideoLLM):
 
     family = "qwen2_vl"
 
-    def __init__(self, model, tokenizer, *, name: str, trained: bool = True,  # type: ignore[no-untyped-def]
-                 folder: str | Path | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str,
+                 trained: bool = True, folder: str | Path | None = None) -> None:
         super().__init__(model, tokenizer, name=name, trained=trained)
         vision = model.config.vision_config
         self.patch = int(vision.patch_size)

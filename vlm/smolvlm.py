@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from compression.tokens import TokenBlock, TokenSet
 from vlm.base import Prompt, PromptBuilder, VideoLLM, time_order
@@ -50,8 +51,8 @@ class SmolVLM(VideoLLM):
 
     family = "smolvlm"
 
-    def __init__(self, model, tokenizer, *, name: str, trained: bool = True,  # type: ignore[no-untyped-def]
-                 folder: str | Path | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str,
+                 trained: bool = True, folder: str | Path | None = None) -> None:
         super().__init__(model, tokenizer, name=name, trained=trained)
         cfg = model.config
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size // cfg.scale_factor
