@@ -27,6 +27,7 @@ from ingest.timeline import Timeline
 
 INTRA_CODECS = ("rawvideo", "wrapped_avframe", "mjpeg")  # packets may lack the keyframe flag
 MAX_PACE_LAG_S = 1.0  # a file played in real time that falls further behind restarts its pacing clock
+GOP_PROBE_PACKETS = 600  # a file's first keyframes are looked for among twice this many packets
 
 
 class Outcome(StrEnum):
@@ -41,6 +42,19 @@ class ReadResult:
     outcome: Outcome
     reason: str
     frames: int  # frames decoded on this connection
+
+
+def keyframe_times(container: av.container.InputContainer, limit: int = 2 * GOP_PROBE_PACKETS) -> list[float]:
+    """Media seconds of the first few keyframes, from packets only (nothing is decoded)."""
+    stream = container.streams.video[0]
+    times: list[float] = []
+    for count, packet in enumerate(container.demux(stream)):
+        pts = packet.pts if packet.pts is not None else packet.dts
+        if packet.is_keyframe and pts is not None and packet.time_base is not None:
+            times.append(float(pts * packet.time_base))
+        if len(times) >= 3 or count >= limit:
+            break
+    return times
 
 
 class ConnectionReader:

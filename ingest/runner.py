@@ -25,7 +25,7 @@ from ingest.delivery import ChunkCallback, Delivery, StatusCallback
 from ingest.entities import DropPolicy, IngestConfig, StatusEvent, StreamStatus
 from ingest.errors import IngestError, SourceRefused, SourceUnavailable
 from ingest.pipeline import FramePipeline
-from ingest.reader import ConnectionReader, Outcome, ReadResult
+from ingest.reader import ConnectionReader, Outcome, ReadResult, keyframe_times
 from ingest.skipping import DecodePlanner
 from ingest.sources import Source, SourceKind, check_source, open_source, redact_url
 from ingest.stats import StatsBox
@@ -118,7 +118,8 @@ class _Supervisor:
         self.pipeline = FramePipeline(owner.stream_id, cfg, timeline, owner._stats, owner.delivery, str(source),
                                       self.stop)
         self.backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_factor, cfg.backoff_jitter)
-        self.reader = ConnectionReader(cfg, self.pipeline, DecodePlanner(cfg.skip), self.stop,
+        self.planner = DecodePlanner(cfg.skip)
+        self.reader = ConnectionReader(cfg, self.pipeline, self.planner, self.stop,
                                        pace=cfg.realtime and _may_be_recorded(source))
         self.last_error = ""
         self.delivery.queue.policy = cfg.drop_policy or (
@@ -147,6 +148,8 @@ class _Supervisor:
             self.last_error = str(exc)
             return None
         self.owner._stats.add(connects=1)
+        if self.source.kind is SourceKind.FILE and self.planner.gop_seconds is None:
+            self._prime_planner()
         if self.source.is_live:  # a file loop is not a new connection: no second LIVE event
             self.pipeline.new_connection()
         self.pipeline.timeline.new_segment(_frame_step(container))
@@ -154,6 +157,14 @@ class _Supervisor:
             return self.reader.read(container)
         finally:
             container.close()
+
+    def _prime_planner(self) -> None:
+        """A file's keyframe interval is known from its packets: no need to decode its first GOP in full."""
+        try:
+            with av.open(self.source.path) as probe:
+                self.planner.prime(keyframe_times(probe))
+        except (av.FFmpegError, OSError):
+            pass  # the real open reports the problem
 
     def _after(self, result: ReadResult | None, ever_connected: bool) -> StatusEvent | None:
         """What follows a connection: a final status, or a retry after a backoff delay."""

@@ -35,6 +35,13 @@ class DecodePlanner:
         self._step = 0.0  # seconds between two packets (frames), from the latest pair
         self._gop_skipped = False  # part of this GOP was not decoded: nothing after it decodes cleanly
 
+    def prime(self, keyframe_times: list[float]) -> None:
+        """Learn the keyframe interval before decoding (e.g. from a file's packets), so the first
+        GOP need not be decoded in full."""
+        for a, b in zip(keyframe_times, keyframe_times[1:], strict=False):
+            if b - a > TIME_EPS:
+                self._intervals.append(b - a)
+
     @property
     def skip_frame(self) -> str:
         """The value for ``codec_context.skip_frame``."""
