@@ -8,8 +8,8 @@ compress the chunk (with the state a previous chunk left); stage-2 methods selec
 model hooks (attention probe, text relevance) and the CaCoVID policy are synthetic stand-ins here, so
 the figures are the methods' own cost without the LLM forward they would trigger. Growth: a memory of
 n tokens absorbs one more stage-1 output (392 tokens) and every stage-2 method selects
-min(``growth_budget``, n/4) tokens out of n (divprune once at n > 8k: its greedy is
-O(budget*n*D)). The reference is the vision encoder time for the same chunk at
+min(``growth_budget``, n/4) tokens out of n (divprune only up to ``divprune_max_tokens``: its
+greedy is O(budget*n*D)). The reference is the vision encoder time for the same chunk at
 LLaVA-OneVision-0.5B dimensions measured on this CPU (research/vlm-feasibility.md section 5:
 SigLIP-so400m/384, 1.66-1.71 s/frame bf16, 4.06-4.41 s/frame fp32); the target is < 2% of it.
 Warm-up runs are discarded; figures are medians. Prints a table, writes JSON, ends with one JSON line.
@@ -46,6 +46,7 @@ class BenchConfig:
     memory_sizes: tuple[int, ...] = (1000, 8000, 64000)
     growth_dim: int = 896
     growth_budget: int = 1024
+    divprune_max_tokens: int = 8000  # divprune's greedy is O(budget * n * D): 64k tokens take minutes
     stage2_ratio: float = 0.25
     threads: int = 1
     device: str = "cpu"
@@ -60,7 +61,7 @@ class Row:
     dim: int
     tokens_in: int
     tokens_out: int
-    ms: float
+    ms: float | None  # None: skipped
     encode_share_bf16_pct: float | None = None
     encode_share_fp32_pct: float | None = None
     extra: dict = field(default_factory=dict)
@@ -114,7 +115,7 @@ def stage1_specs() -> list[str]:
     specs = []
     for name in list_methods(1):
         specs += [f"vtm:target={t}" for t in VTM_TARGETS] if name == "vtm" else [name]
-    return specs
+    return specs + ["tome:matmul=bf16", "vtm:matmul=bf16"]
 
 
 def build(spec: str, dim: int, stage: int):  # type: ignore[no-untyped-def]
@@ -174,10 +175,12 @@ def growth_rows(cfg: BenchConfig) -> list[Row]:
         rows.append(Row("growth", "memory.append", 0, dim, n + len(chunk_out), n, ms, *encode_share(ms)))
         budget = min(cfg.growth_budget, n // 4)
         for spec in list_methods(2):
+            if spec == "divprune" and n > cfg.divprune_max_tokens:
+                rows.append(Row("growth", spec, 2, dim, n, budget, None, extra={"skipped": "O(budget*n*D)"}))
+                continue
             method = build(spec, dim, 2)
-            reps, warm = (1, 0) if spec == "divprune" and n > 8000 else (repeats, cfg.warmup)
-            ms = median_ms(lambda m=method, t=memory.tokens, b=budget: m.select(t, b, context), reps, warm,
-                           cfg.device)
+            ms = median_ms(lambda m=method, t=memory.tokens, b=budget: m.select(t, b, context), repeats,
+                           cfg.warmup, cfg.device)
             rows.append(Row("growth", spec, 2, dim, n, budget, ms, *encode_share(ms)))
     return rows
 
@@ -221,7 +224,8 @@ def format_table(result: dict) -> str:
         f"{n} tokens ms" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
     for method in dict.fromkeys(r["method"] for r in growth):
         cells = [r for r in growth if r["method"] == method]
-        lines.append(f"| {method} | " + " | ".join(f"{c['ms']:.2f}" for c in cells) + " |")
+        lines.append(f"| {method} | " + " | ".join("skipped" if c["ms"] is None else f"{c['ms']:.2f}"
+                                                   for c in cells) + " |")
     return "\n".join(lines)
 
 

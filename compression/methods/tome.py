@@ -26,19 +26,21 @@ from compression.registry import register_method
 from compression.tokens import TokenBlock, TokenSet
 
 
-def bipartite_targets(metric: Tensor, r: int) -> Tensor:
+def bipartite_targets(metric: Tensor, r: int, matmul_dtype: torch.dtype = torch.float32) -> Tensor:
     """One round of bipartite soft matching: metric [B, T, D] -> merge target per token [B, T].
 
     target[b, i] == i for tokens that stay; for the r merged A tokens it is their B partner's index.
+    ``matmul_dtype=torch.bfloat16`` computes the similarities in bf16 (several times faster on CPUs
+    with bf16 units; near-ties may then resolve differently).
     """
     b, t, _ = metric.shape
     target = torch.arange(t).expand(b, t).clone()
     r = min(r, t // 2)
     if r <= 0:
         return target
-    x = F.normalize(metric.float(), dim=-1)
+    x = F.normalize(metric.float(), dim=-1).to(matmul_dtype)
     a_idx, b_idx = torch.arange(0, t, 2), torch.arange(1, t, 2)
-    scores = x[:, a_idx] @ x[:, b_idx].transpose(1, 2)  # [B, |A|, |B|] cosine
+    scores = (x[:, a_idx] @ x[:, b_idx].transpose(1, 2)).float()  # [B, |A|, |B|] cosine
     best, partner = scores.max(dim=-1)  # [B, |A|]
     sources = torch.sort(best, dim=-1, descending=True, stable=True).indices[:, :r]  # [B, r] A slots
     target.scatter_(1, a_idx[sources], b_idx[partner.gather(1, sources)])
@@ -50,14 +52,14 @@ def tome_round(tokens: TokenSet, r: int) -> TokenSet:
     return tokens.merge(bipartite_targets(tokens.features[None], r)[0])
 
 
-def tome_to(tokens: TokenSet, keep: int, frames: int = 1) -> TokenSet:
+def tome_to(tokens: TokenSet, keep: int, frames: int = 1, matmul_dtype: torch.dtype = torch.float32) -> TokenSet:
     """Repeat rounds until ``keep`` tokens remain; frames > 1 matches each of ``frames`` equal frames alone."""
     while len(tokens) > keep:
         per = len(tokens) // frames
         r = min(per // 2, math.ceil((len(tokens) - keep) / frames))
         if r <= 0:
             break
-        local = bipartite_targets(tokens.features.reshape(frames, per, -1), r)  # [frames, per]
+        local = bipartite_targets(tokens.features.reshape(frames, per, -1), r, matmul_dtype)  # [frames, per]
         tokens = tokens.merge((local + torch.arange(frames)[:, None] * per).reshape(-1))
     return tokens
 
@@ -68,6 +70,7 @@ class ToMe:
     class Params:
         ratio: float = 0.5  # fraction of each chunk's tokens kept
         mode: Literal["spacetime", "spatial"] = "spacetime"
+        matmul: Literal["fp32", "bf16"] = "fp32"  # dtype of the similarity matmul
 
     def __init__(self, params: Params) -> None:
         if not 0.0 < params.ratio <= 1.0:
@@ -82,5 +85,9 @@ class ToMe:
         f, n = block.features.shape[:2]
         if self.params.mode == "spatial":
             keep_per_frame = max(1, math.floor(self.params.ratio * n + 0.5))
-            return state, tome_to(tokens, keep_per_frame * f, frames=max(f, 1))
-        return state, tome_to(tokens, max(1, math.floor(self.params.ratio * f * n + 0.5)))
+            return state, tome_to(tokens, keep_per_frame * f, max(f, 1), self.dtype)
+        return state, tome_to(tokens, max(1, math.floor(self.params.ratio * f * n + 0.5)), 1, self.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.params.matmul == "bf16" else torch.float32

@@ -54,6 +54,7 @@ class VideoTokenMerging:
         sample: bool = False  # learnable: sample targets from softmax(s) instead of top-k
         saliency_path: str = ""
         seed: int = 0
+        matmul: Literal["fp32", "bf16"] = "fp32"  # dtype of the source-target similarity matmul
 
     def __init__(self, params: Params, saliency: Tensor | None = None) -> None:
         if params.gamma < 1:
@@ -73,7 +74,8 @@ class VideoTokenMerging:
         if len(tokens) == 0:
             return state, tokens
         targets = self.targets(tokens, block)
-        return state, merge_sources(tokens, targets, self.params.merge_ratio)
+        dtype = torch.bfloat16 if self.params.matmul == "bf16" else torch.float32
+        return state, merge_sources(tokens, targets, self.params.merge_ratio, dtype)
 
     def targets(self, tokens: TokenSet, block: TokenBlock) -> Tensor:
         """Boolean target mask [F*N]."""
@@ -115,15 +117,16 @@ def _region_targets(tokens: TokenSet, gamma: float, centre_first: bool) -> Tenso
     return torch.where(dense, rank_dense % step_dense == 0, rank_sparse % step_sparse == 0)
 
 
-def merge_sources(tokens: TokenSet, targets: Tensor, merge_ratio: float) -> TokenSet:
+def merge_sources(tokens: TokenSet, targets: Tensor, merge_ratio: float,
+                  matmul_dtype: torch.dtype = torch.float32) -> TokenSet:
     """Merge the R = merge_ratio*|S| sources most similar to their best target (Eqs. 3-5)."""
     t_idx = torch.nonzero(targets, as_tuple=True)[0]
     s_idx = torch.nonzero(~targets, as_tuple=True)[0]
     r = int(round(merge_ratio * s_idx.numel()))
     if r <= 0 or t_idx.numel() == 0:
         return tokens
-    x = F.normalize(tokens.features.float(), dim=-1)
-    best, partner = (x[s_idx] @ x[t_idx].T).max(dim=-1)  # [|S|] best target per source
+    x = F.normalize(tokens.features.float(), dim=-1).to(matmul_dtype)
+    best, partner = (x[s_idx] @ x[t_idx].T).float().max(dim=-1)  # [|S|] best target per source
     chosen = torch.sort(best, descending=True, stable=True).indices[:r]
     target = torch.arange(len(tokens))
     target[s_idx[chosen]] = t_idx[partner[chosen]]
