@@ -13,6 +13,7 @@ Run::
     vidmem train cacovid --model models/vidmem-tiny             # default settings, < 60 min on 2 cores
     vidmem train cacovid --model tiny-random --steps 4 --heldout 4   # smoke run
     vidmem train cacovid --ablate --steps 60                     # three variants, one curve each
+    vidmem train cacovid --ablate --toy --steps 120              # the same on the pure-torch toy reward
 
 Deviations from the released trainer, and why: learning rate 1e-4 instead of 1e-6 (hundreds of
 samples here instead of an epoch of Video-R1 on 8 GPUs); samples are filtered by the paper's "blind
@@ -50,10 +51,10 @@ class TrainConfig:
 
     model: str = "models/vidmem-tiny"
     out: str = "models/policies/cacovid-vidmem-tiny.pt"
-    work_dir: str = "runs/cacovid"
+    work_dir: str = "vidmem-data/train-cacovid"
     steps: int = 150  # training samples (one global step = inner_iters optimiser steps)
-    heldout: int = 24  # held-out clips (all their questions)
-    eval_every: int = 15
+    heldout: int = 8  # held-out clips (all their questions)
+    eval_every: int = 25
     eval_rates: tuple[float, ...] = (0.05, 0.10)  # held-out reward: the cacovid stage-2 rule at these retentions
     frame_size: int = 128  # rendered frame size (bench/accuracy's default)
     train_seed: int = 5_000_000  # clip seeds train_seed + i: apart from vidmem-tiny's and bench/accuracy's
@@ -342,10 +343,56 @@ def ablate(config: TrainConfig, vlm: Any = None, progress: bool = True) -> dict[
     return runs
 
 
+def ablate_toy(work_dir: str | Path, steps: int = 120, seeds: int = 3, eval_every: int = 10) -> dict[str, Any]:
+    """The ablations on the pure-torch toy reward (compression/cacovid/toy.py): seconds per run on a CPU.
+
+    Same policy architecture (random layer), lr 3e-3; held-out reward = top-1-per-frame reward of the
+    deterministic policy on 48 held-out toy samples, mean over ``seeds`` runs.
+    """
+    from compression.cacovid.policy import ModelSignature, PolicyConfig
+    from compression.cacovid.toy import ToyTask
+    from compression.cacovid.trainer import topk_masks_for
+
+    task = ToyTask()
+    held = [task.sample(100_000 + i) for i in range(48)]
+    rate = 1 / task.spec.tokens_per_frame
+    runs: dict[str, Any] = {}
+    for name, change in ABLATIONS.items():
+        curves, train = [], []
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            cfg = PolicyConfig(hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64, rope_theta=1e4)
+            policy = CompressionPolicy(cfg, ModelSignature.of("toy", (10, 32)))
+            opt = torch.optim.AdamW(policy.param_groups(3e-3), weight_decay=0.01)
+            rl = replace(RLConfig(max_sample_rate=rate, min_rate=rate), **change)
+            gen = torch.Generator().manual_seed(seed)
+
+            def held_out(policy: CompressionPolicy = policy) -> float:
+                return float(np.mean([float(task.rewards(s, topk_masks_for(policy, s.input, rate))[0]) for s in held]))
+
+            curve, rewards = [[0, held_out()]], []
+            for step in range(1, steps + 1):
+                sample = task.sample(seed * 1_000_000 + step)
+                stats = train_sample(policy, opt, sample.input, lambda m, s=sample: task.rewards(s, m), rl, gen)
+                rewards.append(stats.mean_reward)
+                if step % eval_every == 0:
+                    curve.append([step, held_out()])
+            curves.append(curve)
+            train.append(rewards)
+        mean_curve = [[c[0], float(np.mean([cv[i][1] for cv in curves]))] for i, c in enumerate(curves[0])]
+        runs[name] = {"heldout_curve": mean_curve, "heldout_uniform": None,
+                      "train": [{"reward": float(r)} for r in np.mean(train, axis=0)], "per_seed": curves}
+    out = Path(work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation-toy.json").write_text(json.dumps(runs, indent=1))
+    plot_curves(runs, out / "ablation-toy.png")
+    return runs
+
+
 def cli(
     model: Annotated[str, typer.Option(help="Video LLM folder or 'tiny-random'")] = "models/vidmem-tiny",
     out: Annotated[str, typer.Option(help="where the trained policy goes")] = "models/policies/cacovid-vidmem-tiny.pt",
-    work_dir: Annotated[str, typer.Option(help="checkpoints, curve.json, curve.png")] = "runs/cacovid",
+    work_dir: Annotated[str, typer.Option(help="checkpoints, curve.json, curve.png")] = TrainConfig.work_dir,
     steps: Annotated[int, typer.Option(help="training samples")] = TrainConfig.steps,
     heldout: Annotated[int, typer.Option(help="held-out samples")] = TrainConfig.heldout,
     eval_every: Annotated[int, typer.Option(help="held-out evaluation period (samples)")] = TrainConfig.eval_every,
@@ -355,6 +402,7 @@ def cli(
     sampler: Annotated[str, typer.Option(help="grouped | noisy (ablation)")] = "grouped",
     balance: Annotated[bool, typer.Option(help="kept/dropped balance weights")] = True,
     ablate_all: Annotated[bool, typer.Option("--ablate", help="run the ablation variants")] = False,
+    toy: Annotated[bool, typer.Option("--toy", help="with --ablate: on the pure-torch toy reward")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     resume: Annotated[bool, typer.Option(help="resume from work_dir/checkpoint.pt")] = True,
 ) -> None:
@@ -365,7 +413,7 @@ def cli(
     cfg = TrainConfig(model=model, out=out, work_dir=work_dir, steps=steps, heldout=heldout, eval_every=eval_every,
                       lr=lr, device=device, resume=resume, rl=rl)
     if ablate_all:
-        runs = ablate(cfg)
+        runs = ablate_toy(work_dir, steps=steps) if toy else ablate(cfg)
         for name, s in runs.items():
             print(f"{name:22s} held-out {' '.join(f'{v:.3f}' for _, v in s['heldout_curve'])}")
         return

@@ -50,9 +50,9 @@ log = logging.getLogger(__name__)
 class VTMConfig:
     model: str = "models/vidmem-tiny"
     out: str = "models/policies/vtm-saliency-vidmem-tiny.pt"
-    work_dir: str = "runs/vtm"
+    work_dir: str = "vidmem-data/train-vtm"
     steps: int = 300  # training clips (all their questions per step)
-    heldout: int = 24
+    heldout: int = 12
     eval_every: int = 50
     chunk_frames: int = 4
     frame_size: int = 128
@@ -165,6 +165,7 @@ def run(cfg: VTMConfig, vlm: Any = None, progress: bool = True) -> dict:
     u_s = (torch.randn(dim) / math.sqrt(dim)).to(vlm.device).requires_grad_(True)
     opt = torch.optim.AdamW([u_s], lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, round(cfg.warmup * cfg.steps))
+
     def lr_factor(i: int) -> float:
         return (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, cfg.steps - warm)))
 
@@ -185,8 +186,11 @@ def run(cfg: VTMConfig, vlm: Any = None, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     from bench.tiny_data import heldout_clips
 
-    held = [(encode_chunks(vlm, c, cfg.chunk_frames), c.questions)
-            for c in heldout_clips(cfg.heldout, cfg.frame_size, first_seed=cfg.heldout_seed) if c.questions]
+    held = [
+        (encode_chunks(vlm, c, cfg.chunk_frames), c.questions)
+        for c in heldout_clips(cfg.heldout, cfg.frame_size, first_seed=cfg.heldout_seed)
+        if c.questions
+    ]
     if not state["heldout"]:
         state["naive"] = evaluate(vlm, held, None, cfg)
         state["heldout"].append([0, evaluate(vlm, held, u_s.detach(), cfg)])
@@ -208,20 +212,41 @@ def run(cfg: VTMConfig, vlm: Any = None, progress: bool = True) -> dict:
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
             state["heldout"].append([state["step"], evaluate(vlm, held, u_s.detach(), cfg)])
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
-            torch.save({"config": cfg_json, "u_s": u_s.detach().cpu(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "state": state}, ckpt)
+            torch.save(
+                {
+                    "config": cfg_json,
+                    "u_s": u_s.detach().cpu(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "state": state,
+                },
+                ckpt,
+            )
         if bar is not None:
             recent = float(np.mean(state["loss"][-20:]))
             bar[0].update(bar[1], advance=1, info=f"loss {recent:.4f}  held-out {state['heldout'][-1][1]:.3f}")
     if bar is not None:
         bar[0].stop()
-    summary = {"model": cfg.model, "config": cfg_json, "heldout_curve": state["heldout"],
-               "heldout_naive": state.get("naive"), "loss": state["loss"],
-               "seconds": round(time.perf_counter() - t0, 1)}
+    summary = {
+        "model": cfg.model,
+        "config": cfg_json,
+        "heldout_curve": state["heldout"],
+        "heldout_naive": state.get("naive"),
+        "loss": state["loss"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"u_s": u_s.detach().cpu().float(), "model": vlm.name, "hidden_size": dim,
-                "heldout_curve": state["heldout"], "heldout_naive": state.get("naive")}, out)
+    torch.save(
+        {
+            "u_s": u_s.detach().cpu().float(),
+            "model": vlm.name,
+            "hidden_size": dim,
+            "heldout_curve": state["heldout"],
+            "heldout_naive": state.get("naive"),
+        },
+        out,
+    )
     (work / "curve.json").write_text(json.dumps(summary, indent=1))
     _plot(summary, work / "curve.png")
     return summary
@@ -232,8 +257,9 @@ def _bar(enabled: bool, total: int, done: int) -> tuple[Any, Any] | None:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    prog = Progress(TextColumn("vtm"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[info]}"))
+    prog = Progress(
+        TextColumn("vtm"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")
+    )
     prog.start()
     return prog, prog.add_task("train", total=total, completed=done, info="")
 
@@ -274,11 +300,29 @@ def cli(
 ) -> None:
     """Train learnable VTM's saliency vector (frozen Video LLM, saliency-biased attention); writes U_s."""
     logging.basicConfig(level=logging.INFO)
-    cfg = VTMConfig(model=model, out=out, work_dir=work_dir, steps=steps, heldout=heldout, eval_every=eval_every,
-                    lr=lr, device=device, resume=resume)
+    cfg = VTMConfig(
+        model=model,
+        out=out,
+        work_dir=work_dir,
+        steps=steps,
+        heldout=heldout,
+        eval_every=eval_every,
+        lr=lr,
+        device=device,
+        resume=resume,
+    )
     s = run(cfg)
-    print("held-out accuracy (vtm learnable, mean of 10%/5%): "
-          + " ".join(f"{a}:{b:.3f}" for a, b in s["heldout_curve"]))
+    print(
+        "held-out accuracy (vtm learnable, mean of 10%/5%): " + " ".join(f"{a}:{b:.3f}" for a, b in s["heldout_curve"])
+    )
     print(f"naive vtm at the same settings: {s['heldout_naive']:.3f}; {s['seconds']} s; saliency -> {cfg.out}")
-    print(json.dumps({"heldout_final": s["heldout_curve"][-1][1], "heldout_naive": s["heldout_naive"],
-                      "train_seconds": s["seconds"], "saliency": cfg.out}))
+    print(
+        json.dumps(
+            {
+                "heldout_final": s["heldout_curve"][-1][1],
+                "heldout_naive": s["heldout_naive"],
+                "train_seconds": s["seconds"],
+                "saliency": cfg.out,
+            }
+        )
+    )
