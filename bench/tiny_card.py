@@ -15,6 +15,13 @@ def model_card(cfg: Any, state: Any, metrics: dict[str, dict[str, float]]) -> st
         f"| {k} | {v['accuracy'] * 100:.1f}% | {CHANCE.get(k, float('nan')) * 100:.0f}% | {int(v['n'])} |"
         for k, v in metrics.items()
     )
+    captions = (
+        "\n- auxiliary targets: three free-text descriptions per clip in the same prompt format (objects in view"
+        " now, objects that appeared in order, how each object moved), teacher-forced; they give the vision"
+        " tower a dense signal early in training"
+        if getattr(cfg, "captions", False)
+        else ""
+    )
     return f"""# vidmem-tiny
 
 A small LLaVA-OneVision-architecture Video LLM (`LlavaOnevisionForConditionalGeneration`: SigLIP
@@ -28,7 +35,8 @@ Load: `vlm.load_model("models/vidmem-tiny")` (or the setting `VIDMEM_MODEL=vidme
 
 ## Training
 - steps: {state.step}, wall time {state.elapsed / 60:.1f} min on {cfg.threads} CPU threads
-- clips per step: {cfg.clips_per_batch} (every question of each clip used, teacher-forced answer letter)
+- clips per step: {cfg.clips_per_batch} (every question of each clip used, teacher-forced answer letter
+  and end-of-turn token){captions}
 - data: short clips (4-16 frames at 1 fps, random start second) and long-span clips (16 frames every
   15 s over 4 minutes, share {cfg.long_share}); rendered at {list(cfg.sizes)} px and resized by the adapter
 - training seeds: >= {TRAIN_SEED_BASE}; held-out seeds: below {HELDOUT_SEED_LIMIT} (never trained on)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.questions import Question, make_questions
-from bench.streamgen import Stream, StreamSpec
+from bench.streamgen import ObjectTrack, Stream, StreamSpec
 
 TRAIN_SEED_BASE = 1_000_000
 HELDOUT_SEED_LIMIT = 100_000
@@ -29,6 +29,25 @@ class Clip:
     frames: np.ndarray  # uint8 [F, H, W, 3]
     times: np.ndarray  # [F] seconds
     questions: list[Question]
+    captions: list[tuple[str, str]]  # (request, answer text): dense auxiliary targets for training
+
+
+def _names(tracks: list[ObjectTrack]) -> str:
+    return ", ".join(t.name for t in tracks) or "none"
+
+
+def captions(tracks: list[ObjectTrack], times: np.ndarray) -> list[tuple[str, str]]:
+    """Free-text descriptions of the clip, exact from the schedule (what is seen at the frame times)."""
+    now, first = float(times[-1]), float(times[0])
+    seen = [t for t in tracks if ((times >= t.t_in) & (times < t.t_out)).any()]
+    here = sorted((t for t in seen if t.visible(now)), key=lambda t: t.position(now)[0])
+    appeared = sorted((t for t in seen if first < t.t_in <= now), key=lambda t: t.t_in)
+    moved = ", ".join(f"{t.name} {t.direction}" for t in sorted(seen, key=lambda t: t.t_in)) or "none"
+    return [
+        ("Name the objects in view now.", _names(here)),
+        ("Name the objects that appeared, in order.", _names(appeared)),
+        ("How did each object move?", moved),
+    ]
 
 
 def short_spec(seed: int, seconds: float, size: int, rng: np.random.Generator) -> StreamSpec:
@@ -59,7 +78,8 @@ def long_spec(seed: int, size: int) -> StreamSpec:
 
 def make_clip(spec: StreamSpec, times: np.ndarray) -> Clip:
     stream = Stream(spec)
-    return Clip(spec.seed, stream.clip(times), times, make_questions(stream.tracks, times, seed=spec.seed))
+    questions = make_questions(stream.tracks, times, seed=spec.seed)
+    return Clip(spec.seed, stream.clip(times), times, questions, captions(stream.tracks, times))
 
 
 def short_clip(seed: int, frames: int, t0: float, size: int) -> Clip:

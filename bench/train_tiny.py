@@ -42,11 +42,12 @@ class TinyConfig:
     out: str = "models/vidmem-tiny"
     work_dir: str = "vidmem-data/train-tiny"
     steps: int = 1400
-    max_minutes: float = 32.0
+    max_minutes: float = 36.0
     clips_per_batch: int = 6
     sizes: tuple[int, ...] = (96, 112, 128)
     long_share: float = 0.15
-    lr: float = 2e-3
+    captions: bool = True  # also teacher-force free-text clip descriptions (dense grounding signal)
+    lr: float = 3e-3
     warmup: int = 60
     weight_decay: float = 0.01
     heldout_clips: int = 48
@@ -84,13 +85,21 @@ def _common_prefix(rows: list[torch.Tensor]) -> int:
     return n
 
 
-def forward_batch(adapter: LlavaOneVision, clips: list[Clip]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher-forced loss over every question of the batch; returns (loss, answer logits [B, V], targets [B])."""
+def clip_prompts(adapter: LlavaOneVision, clip: Clip, tokens, with_captions: bool) -> list:  # type: ignore[no-untyped-def]
+    """Every question of the clip (answer letter), then optionally its captions (free-text answers)."""
+    out = [adapter.build_prompt(q.text, tokens, True, answer_text=q.answer) for q in clip.questions]
+    if with_captions:
+        out += [adapter.build_prompt(text, tokens, True, answer_text=ans) for text, ans in clip.captions]
+    return out
+
+
+def forward_batch(
+    adapter: LlavaOneVision, clips: list[Clip], with_captions: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced loss over every prompt of the batch; returns (loss, logits [B, V] and targets [B] at
+    each prompt's first answer token; the multiple-choice questions come first within each clip)."""
     token_sets = encode_batch(adapter, clips)
-    prompts = [
-        [adapter.build_prompt(q.text, ts, True, answer_text=q.answer) for q in clip.questions]
-        for clip, ts in zip(clips, token_sets, strict=True)
-    ]
+    prompts = [clip_prompts(adapter, clip, ts, with_captions) for clip, ts in zip(clips, token_sets, strict=True)]
     flat = [p for ps in prompts for p in ps]
     plen = _common_prefix([p.input_ids for p in flat])
     lm = adapter.language_model
@@ -201,14 +210,17 @@ def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, 
     return accuracy_by_type(results)
 
 
-def train_step(adapter: LlavaOneVision, opt: torch.optim.Optimizer, plan: BatchPlan) -> tuple[float, float]:
+def train_step(
+    adapter: LlavaOneVision, opt: torch.optim.Optimizer, plan: BatchPlan, captions: bool = True
+) -> tuple[float, float]:
     clips = [c for c in plan.render() if c.questions]
-    loss, logits, target = forward_batch(adapter, clips)
+    loss, logits, target = forward_batch(adapter, clips, with_captions=captions)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(adapter.model.parameters(), 1.0)
     opt.step()
-    acc = float((logits.argmax(-1) == target).float().mean())
+    is_mc = torch.tensor([i < len(c.questions) for c in clips for i in range(len(c.questions) + 3 * captions)])
+    acc = float((logits.argmax(-1) == target)[is_mc].float().mean())
     return float(loss.detach()), acc
 
 
@@ -255,7 +267,7 @@ def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout) -> 
             progress = max(state.step / cfg.steps, state.elapsed / budget_s)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, state.step, progress)
-            loss, acc = train_step(adapter, opt, next(plans))
+            loss, acc = train_step(adapter, opt, next(plans), cfg.captions)
             state.step += 1
             state.elapsed += time.perf_counter() - started
             ema_loss = loss if ema_loss is None else 0.95 * ema_loss + 0.05 * loss
@@ -309,7 +321,7 @@ def cli(
     out: Annotated[str, typer.Option(help="model folder to write")] = "models/vidmem-tiny",
     work_dir: Annotated[str, typer.Option(help="checkpoints (resumed from when present)")] = "vidmem-data/train-tiny",
     steps: Annotated[int, typer.Option(help="optimiser steps")] = TinyConfig.steps,
-    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the schedule anneals within it")] = 32.0,
+    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the schedule anneals within it")] = 36.0,
     clips_per_batch: Annotated[int, typer.Option(help="clips per step (all their questions are used)")] = 6,
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared, busy CPU)")] = 1,
     seed: Annotated[int, typer.Option(help="init and data seed")] = 0,
