@@ -51,7 +51,7 @@ class VTMConfig:
     model: str = "models/vidmem-tiny"
     out: str = "models/policies/vtm-saliency-vidmem-tiny.pt"
     work_dir: str = "vidmem-data/train-vtm"
-    steps: int = 300  # training clips (all their questions per step)
+    steps: int = 200  # training clips (all their questions per step)
     heldout: int = 12
     eval_every: int = 50
     chunk_frames: int = 4
