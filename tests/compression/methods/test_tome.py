@@ -96,3 +96,11 @@ def test_tome_when_spatial_then_every_frame_keeps_the_same_count():
     _, out = build_method("tome:ratio=0.25,mode=spatial").update({}, synthetic_block(frames=3, seed=2))
     assert torch.bincount(out.frame).tolist() == [4, 4, 4]
     assert torch.bincount(out.frame, weights=out.size).tolist() == [16.0, 16.0, 16.0], "merges stay in-frame"
+
+
+@pytest.mark.parametrize("spec", ["tome:matmul=bf16", "vtm:matmul=bf16"])
+def test_merging_methods_when_matmul_is_bf16_then_counts_and_sizes_match_fp32(spec):
+    block = synthetic_block(frames=4, seed=6)
+    _, fast = build_method(spec).update({}, block)
+    _, exact = build_method(spec.split(":")[0]).update({}, block)
+    assert len(fast) == len(exact) and float(fast.size.sum()) == float(exact.size.sum()) == 64.0
