@@ -9,7 +9,8 @@ into their B partners, size-weighted; at most half the tokens go per round, so l
 several rounds. Deviations, on purpose: the metric is the token features (no attention keys exist
 after the encoder); the output keeps time order instead of ToMe's [unmerged A, B] order; with
 ``mode=spacetime`` the chunk's F*N tokens form one sequence, so an A token may merge into a B token
-of another frame (merging across frames), with ``mode=spatial`` each frame is matched on its own.
+of another frame (merging across frames), with ``mode=spatial`` each frame is matched on its own;
+``matmul=bf16`` computes the similarities in bf16 (faster on CPUs with bf16 units).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ sources are merged (Eq. 5, R = 0.8|S| by Table 9). Target selection (section 3.2
 
 Adaptation to a frozen Video LLM: the chunk is one window; the metric is the encoder features (no
 attention keys here); merged features are size-weighted means (the paper's plain average equals it
-for fresh size-1 tokens); merged tokens keep the target's time and position.
+for fresh size-1 tokens); merged tokens keep the target's time and position; ``matmul=bf16``
+computes the similarities in bf16 (faster on CPUs with bf16 units, near-ties may resolve differently).
 """
 
 from __future__ import annotations
