@@ -73,6 +73,8 @@ class Memory:
     def _held(tokens: TokenSet) -> TokenSet:
         """Tokens as the memory holds them: fp16 features (as serialised), first-seen time, and the
         cached similarity to the next token at the same position (NaN = not known yet)."""
+        if tokens.features.dtype == HELD_DTYPE and "t_start" in tokens.side and "next_sim" in tokens.side:
+            return tokens
         side = {**tokens.side, "t_start": tokens.side.get("t_start", tokens.time).to(torch.float64),
                 "next_sim": tokens.side.get("next_sim", torch.full((len(tokens),), float("nan")))}
         return replace(tokens, features=tokens.features.to(HELD_DTYPE), side=side)
