@@ -27,6 +27,7 @@ DEVICE_PREFIXES = ("device://", "v4l2://")
 WEBRTC_PREFIX = "webrtc://"
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 # Low probing: the RTSP SDP already names the codec and size, so the first frame comes in ~0.1 s, not ~1 s.
+HTTP_PROTOCOLS = "http,https,tcp,tls,crypto,httpproxy"
 RTSP_OPTIONS = {"fflags": "nobuffer", "flags": "low_delay", "analyzeduration": "0", "probesize": "32"}
 
 
@@ -111,7 +112,8 @@ def av_options(source: Source, config: IngestConfig) -> dict[str, str]:
     if source.scheme in ("rtsp", "rtsps"):
         options = {**RTSP_OPTIONS, "rtsp_transport": config.rtsp_transport, "timeout": read_us}
     elif source.kind is SourceKind.NETWORK:
-        options = {"rw_timeout": read_us}
+        # a playlist must not pull segments from local files (FFmpeg refuses by default; say it here too)
+        options = {"rw_timeout": read_us, "protocol_whitelist": HTTP_PROTOCOLS}
     return {**options, **config.extra_options}
 
 

@@ -249,3 +249,16 @@ def test_stream_ingest_when_one_stream_fails_others_are_unaffected(run_ingest, m
     # then the failures are reported and the good stream delivered all of its chunks
     assert bad_got.final.status is StreamStatus.FAILED and ftp_got.final.status is StreamStatus.FAILED
     assert good_got.final.status is StreamStatus.ENDED and [c.seq for c in good_got.chunks] == [0, 1, 2]
+
+
+def test_stream_ingest_when_playlist_points_at_local_files_refuses_them(run_ingest, make_h264, tmp_path, http_dir):
+    # given an HTTP playlist whose segments are local files
+    folder, base = http_dir
+    _write_hls(make_h264(tmp_path / "clip.mp4", seconds=2.0, fps=10, gop=10), tmp_path)
+    playlist = (tmp_path / "index.m3u8").read_text()
+    (folder / "evil.m3u8").write_text(playlist.replace("index", f"file://{tmp_path}/index"))
+    config = IngestConfig(sample_fps=2.0, chunk_seconds=1.0, frame_size=16, realtime=False, max_retries=0)
+    # when ingested
+    _, got = run_ingest(f"{base}/evil.m3u8", config)
+    # then no local segment is read
+    assert got.chunks == [] and got.final.status is StreamStatus.FAILED, got.events
