@@ -101,11 +101,15 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: str) 
 
 
 def video_block(dim: int, frame_offset: int, device: str, seed: int = 0) -> TokenBlock:
-    """A chunk [8, 196, dim] of slowly changing features (so temporal methods see redundancy)."""
+    """A chunk [8, 196, dim]: a static background with small noise and a moving region (a quarter of
+    the positions, shifting every frame) whose tokens change, so temporal methods see realistic redundancy."""
     gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(1, GRID[0] * GRID[1], dim, generator=gen)
-    drift = 0.3 * torch.randn(FRAMES, GRID[0] * GRID[1], dim, generator=gen)
-    feats = (base + drift).to(device)
+    n = GRID[0] * GRID[1]
+    scene = torch.randn(1, 1, dim, generator=torch.Generator().manual_seed(seed + 1))  # shared by all tokens
+    feats = scene + torch.randn(1, n, dim, generator=gen) + 0.1 * torch.randn(FRAMES, n, dim, generator=gen)
+    moving = (torch.arange(n)[None, :] - 7 * (torch.arange(FRAMES)[:, None] + frame_offset)) % n < n // 4
+    fresh = scene + torch.randn(FRAMES, n, dim, generator=gen)
+    feats = torch.where(moving[..., None], fresh, feats).to(device)
     times = torch.arange(frame_offset, frame_offset + FRAMES, dtype=torch.float64) * 0.5
     motion = torch.rand(FRAMES, GRID[0] * GRID[1], generator=gen)
     return TokenBlock(feats, times, GRID, frame_offset, {"motion": motion.to(device)})
@@ -115,7 +119,7 @@ def stage1_specs() -> list[str]:
     specs = []
     for name in list_methods(1):
         specs += [f"vtm:target={t}" for t in VTM_TARGETS] if name == "vtm" else [name]
-    return specs + ["tome:matmul=bf16", "vtm:matmul=bf16"]
+    return specs + ["adatp-local:dedup_tau=0.9", "tome:matmul=bf16", "vtm:matmul=bf16"]
 
 
 def build(spec: str, dim: int, stage: int):  # type: ignore[no-untyped-def]
