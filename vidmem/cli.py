@@ -28,6 +28,7 @@ log = logging.getLogger("vidmem")
 
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -36,10 +37,23 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
+def check_methods(settings: Settings) -> None:
+    """Fail at start, not at the first chunk, when a compression spec is wrong."""
+    from compression.registry import build_method
+
+    for spec, stage in ((settings.stage1, 1), (settings.stage2, 2)):
+        try:
+            build_method(spec, stage=stage)
+        except (ValueError, OSError) as exc:
+            typer.echo(f"error: VIDMEM_STAGE{stage}={spec!r}: {exc}", err=True)
+            raise typer.Exit(2) from exc
+
+
 def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
     from store.db import SchemaNotReady
     from workers.runtime import Runtime
 
+    check_methods(settings)
     runtime = Runtime(settings, auto_upgrade=settings.is_embedded_db)
     try:
         runtime.engine  # noqa: B018 - upgrade (embedded) or check the schema now, not at first request

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     max_pending_chunks: int = Field(8, ge=1, description="per stream; older unprocessed chunks are dropped")
     blob_ttl_seconds: int = Field(3600, ge=1)
 
+    rtsp_transport: str = Field("tcp", pattern="^(tcp|udp)$")
+    open_timeout_s: float = Field(10.0, gt=0)
+    decode_skip: str = Field("auto", pattern="^(auto|keyframes|none)$", description="decode only what sampling needs")
+    ice_hosts: list[str] = Field(default_factory=list, description="WebRTC ICE host addresses; empty: all")
     allowed_schemes: list[str] = Field(default_factory=lambda: ["rtsp", "rtsps", "http", "https", "file"])
     allow_files: bool = True
     allow_devices: bool = False
@@ -58,6 +62,11 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def wants_motion(self) -> bool:
+        """Motion-based merging needs the codec's motion vectors from ingest."""
+        return "target=motion" in self.stage1.replace(" ", "")
 
     @property
     def embedded_broker(self) -> bool:

@@ -48,7 +48,7 @@ class StreamMemory:
 
     @classmethod
     def fresh(cls, rt: Runtime) -> StreamMemory:
-        stage1 = build_method(rt.settings.stage1)
+        stage1 = build_method(rt.settings.stage1, stage=1)
         return cls(0, -1, Memory(rt.settings.memory_budget), stage1.init_state(), 0)
 
     @classmethod
@@ -115,7 +115,7 @@ def _compress_into_memory(rt: Runtime, current: StreamMemory, blob: bytes, seq: 
     if motion is not None:
         block = _with_motion(block, motion)
     t1 = time.perf_counter()
-    stage1 = build_method(rt.settings.stage1)
+    stage1 = build_method(rt.settings.stage1, stage=1)
     state, compressed = stage1.update(current.stage1_state, block)
     memory = current.memory.append(compressed)
     t2 = time.perf_counter()
@@ -167,7 +167,7 @@ def answer_question(rt: Runtime, question_id: str) -> str:
         _store_answer(rt, question_id, answer=NO_VIDEO_ANSWER, before=0, after=0, timings={})
         return "no video yet"
     t0 = time.perf_counter()
-    stage2 = build_method(rt.settings.stage2)
+    stage2 = build_method(rt.settings.stage2, stage=2)
     model = rt.model
     selected = stage2.select(tokens, rt.settings.llm_budget, SelectContext(question=text, model=model))
     t1 = time.perf_counter()

@@ -6,7 +6,7 @@ keeps its credentials (ingest needs them); everything shown or logged is redacte
 
 from __future__ import annotations
 
-from ingest.entities import IngestConfig
+from ingest.entities import IngestConfig, SkipMode
 from ingest.errors import SourceRefused
 from ingest.sources import check_source as check_ingest_source
 from ingest.sources import redact_url
@@ -23,7 +23,9 @@ def ingest_config(settings: Settings, *, loop: bool = False) -> IngestConfig:
         sample_fps=settings.sample_fps, chunk_seconds=settings.chunk_seconds, frame_size=settings.frame_size,
         loop=loop, allowed_schemes=tuple(settings.allowed_schemes), allow_files=settings.allow_files,
         allow_devices=settings.allow_devices, stall_seconds=settings.stall_seconds,
-        queue_chunks=settings.max_pending_chunks,
+        queue_chunks=settings.max_pending_chunks, rtsp_transport=settings.rtsp_transport,
+        open_timeout_s=settings.open_timeout_s, skip=SkipMode(settings.decode_skip),
+        export_motion=settings.wants_motion, ice_hosts=tuple(settings.ice_hosts),
     )
 
 
