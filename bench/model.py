@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import resource
 import statistics
 import time
@@ -42,7 +43,7 @@ class BenchConfig:
     vision_frames: int = 4
     new_tokens: int = 16
     repeats: int = 1
-    threads: int = 0  # 0: torch default
+    threads: int = 0  # 0: auto, the cores not busy with other work (see auto_threads)
     device: str = "cpu"
 
 
@@ -143,10 +144,18 @@ def _grid(model: Any, tokens_per_frame: int) -> tuple[int, int]:
     return model.grid
 
 
+def auto_threads() -> int:
+    """Cores minus the 1-minute load average, at least 1: on a shared CPU, OpenMP threads that lose
+    their core stall every barrier (measured here: 2 threads on a busy 2-core machine decode ~8x
+    slower than 1 thread)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
+
+
 def run_one(cfg: BenchConfig, dtype_name: str) -> BenchResult:
     """One dtype in the current process."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads or auto_threads())
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     start = time.perf_counter()
     model = build(cfg, dtype)
