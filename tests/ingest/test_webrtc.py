@@ -115,3 +115,14 @@ def test_webrtc_route_when_chromium_opens_the_webcam_page_records_chunks(tmp_pat
     assert result["stream"] == ["live", "webrtc://cam"], result
     assert [c[0] for c in result["chunks"]][:3] == [0, 1, 2], result["chunks"]
     _assert_red_left_blue_right(result["halves"])
+
+
+@pytest.mark.slow
+def test_webrtc_webcam_when_asked_about_is_answered_by_a_worker(tmp_path):
+    # given the real API, ingest manager and a worker process, and Chromium streaming its fake webcam
+    # when the webcam's chunks reach the stream's memory and a question is posted
+    result = _browser_roundtrip(tmp_path, "--api", "--answer")
+    # then a worker answers it over the webcam's visual tokens
+    question = result["question"]
+    assert question["status"] == "done", question
+    assert question["visual_tokens_before"] > 0 and question["answer"], question

@@ -121,7 +121,7 @@ def with_api(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
 
     use_ice_hosts(("127.0.0.1",))  # the only interface in this namespace
     settings = Settings(_env_file=None, data_dir=args.workdir / "data", sample_fps=4.0, chunk_seconds=1.0,
-                        frame_size=48)
+                        frame_size=48, model="tiny-random", max_new_tokens=4)
     settings.ensure_dirs()
     create_celery(settings)
     runtime = Runtime(settings, auto_upgrade=True)
@@ -143,17 +143,45 @@ def with_api(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         return [image[:, : w // 3].reshape(-1, 3).mean(0).round(1).tolist(),
                 image[:, -w // 3 :].reshape(-1, 3).mean(0).round(1).tolist()]
 
+    worker = None
+    if args.answer:  # a real worker answers a question about what the webcam showed
+        from vidmem.processes import WorkerProcess
+
+        worker = WorkerProcess(settings)
+        worker.start()
     try:
         seconds = run_browser(port, args.workdir, lambda: len(rows()) >= args.chunks, args.timeout)
         with session_scope(runtime.sessions) as session:
             stream = session.get(Stream, "cam")
             status = [stream.status, stream.source_url] if stream else None
         chunks = rows()
-        return {"chunks": chunks, "halves": [halves_of(int(c[0])) for c in chunks], "stream": status,
-                "seconds": seconds}
+        result = {"chunks": chunks, "halves": [halves_of(int(c[0])) for c in chunks], "stream": status,
+                  "seconds": seconds}
+        if worker is not None:
+            result["question"] = ask(port, "What is in view now?", args.timeout)
+        return result
     finally:
         manager.stop()
+        if worker is not None:
+            worker.stop()
         server.should_exit = True
+
+
+def ask(port: int, text: str, timeout: float) -> dict:  # type: ignore[type-arg]
+    """POST a question about the webcam stream once a chunk is in memory; the finished question row."""
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{base}/streams/cam").json()["memory_tokens"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    question_id = httpx.post(f"{base}/streams/cam/questions", json={"text": text}).json()["id"]
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{base}/questions/{question_id}").json()
+        if body["status"] in ("done", "failed"):
+            return body
+        time.sleep(0.2)
+    return {"status": "timeout"}
 
 
 def main() -> None:
@@ -162,6 +190,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=40.0)
     parser.add_argument("--api", action="store_true", help="go through the real API and ingest manager")
+    parser.add_argument("--answer", action="store_true", help="with --api: a real worker answers a question")
     args = parser.parse_args()
     print(json.dumps(with_api(args) if args.api else with_signalling_app(args)))
 
