@@ -66,9 +66,10 @@ class PolicyScorer:
         if len(tokens) == 0:
             return torch.zeros(0), torch.zeros(0)
         q = embed_question(hooks, question)
-        dtype = self.policy.norm.weight.dtype
-        out = self.policy(q.to(dtype), tokens.features.to(dtype), tokens.frame)
-        return out.token_scores.float(), out.frame_scores.float()
+        weight = self.policy.norm.weight
+        out = self.policy(q.to(weight.device, weight.dtype), tokens.features.to(weight.device, weight.dtype),
+                          tokens.frame.to(weight.device))
+        return out.token_scores.float().cpu(), out.frame_scores.float().cpu()
 
 
 def load_scorer(path: str | Path) -> PolicyScorer:
