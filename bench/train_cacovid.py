@@ -16,9 +16,9 @@ Run::
     vidmem train cacovid --ablate --toy --steps 120              # the same on the pure-torch toy reward
 
 Deviations from the released trainer, and why: learning rate 1e-3 (decoder layer 1e-4) instead of
-1e-6 (a hundred or so samples here instead of an epoch of Video-R1 on 8 GPUs); samples are filtered by the paper's "blind
-test" (dropped when the LLM answers right without any video) and also dropped when the LLM answers
-wrong with all the tokens (no rollout could earn a reward there).
+1e-6 (a hundred or so samples here instead of an epoch of Video-R1 on 8 GPUs); samples are filtered
+by the paper's "blind test" (dropped when the LLM answers right without any video) and also dropped
+when the LLM answers wrong with all the tokens (no rollout could earn a reward there).
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ class _Bar:
             self.progress.stop()
 
 
-def plot_curves(runs: dict[str, dict], path: Path) -> Path:
+def plot_curves(runs: dict[str, dict], path: Path, ylabel: str = "held-out accuracy, cacovid rule") -> Path:
     """Held-out reward per step (and a smoothed training reward) for each run, as a PNG."""
     import matplotlib
 
@@ -306,7 +306,7 @@ def plot_curves(runs: dict[str, dict], path: Path) -> Path:
             ax2.plot(np.arange(w, len(rewards) + 1), np.convolve(rewards, np.ones(w) / w, mode="valid"), label=name)
         if s.get("heldout_uniform") is not None:
             ax1.axhline(s["heldout_uniform"], ls="--", color="grey", lw=1)
-    ax1.set(xlabel="training sample", ylabel="held-out accuracy, cacovid rule", title="held-out (dashed: uniform)")
+    ax1.set(xlabel="training sample", ylabel=ylabel, title="held-out (dashed: uniform)")
     ax2.set(xlabel="training sample", ylabel="mean rollout reward (10-step mean)", title="training")
     ax1.legend()
     ax2.legend()
@@ -385,7 +385,7 @@ def ablate_toy(work_dir: str | Path, steps: int = 120, seeds: int = 3, eval_ever
     out = Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation-toy.json").write_text(json.dumps(runs, indent=1))
-    plot_curves(runs, out / "ablation-toy.png")
+    plot_curves(runs, out / "ablation-toy.png", ylabel="held-out toy reward (policy top-k, 3 seeds)")
     return runs
 
 
