@@ -52,7 +52,8 @@ class Memory:
 
         The plan is computed on metadata only; held and new features are copied once, into the result.
         """
-        held = [self._held(self.tokens)] if len(self.tokens) else []
+        device = new.features.device if len(new) else self.tokens.features.device
+        held = [self._held(self.tokens).to(device)] if len(self.tokens) else []  # a loaded memory is on the CPU
         parts = [p for p in [*held, self._held(new)] if len(p)]
         if len(parts) == 2 and float(parts[1].time.min()) < float(parts[0].time.max()):
             joined = TokenSet.concat(parts)  # out of order (rare): reorder, forget cached similarities
@@ -76,7 +77,8 @@ class Memory:
         if tokens.features.dtype == HELD_DTYPE and "t_start" in tokens.side and "next_sim" in tokens.side:
             return tokens
         side = {**tokens.side, "t_start": tokens.side.get("t_start", tokens.time).to(torch.float64),
-                "next_sim": tokens.side.get("next_sim", torch.full((len(tokens),), float("nan")))}
+                "next_sim": tokens.side.get("next_sim", tokens.time.new_full((len(tokens),), float("nan"),
+                                                                          dtype=torch.float32))}
         return replace(tokens, features=tokens.features.to(HELD_DTYPE), side=side)
 
     def window(self, t0: float | None = None, t1: float | None = None) -> TokenSet:
@@ -88,7 +90,7 @@ class Memory:
         ts = self.tokens
         if len(ts) == 0:
             return ts
-        inside = torch.ones(len(ts), dtype=torch.bool)
+        inside = torch.ones(len(ts), dtype=torch.bool, device=ts.time.device)
         if t0 is not None:
             inside &= ts.time >= float(t0)
         if t1 is not None:
@@ -132,7 +134,7 @@ class Rows:
 
     @cached_property
     def offsets(self) -> Tensor:
-        return torch.cumsum(torch.tensor([0] + [len(p) for p in self.parts]), 0)
+        return torch.cumsum(torch.tensor([0] + [len(p) for p in self.parts], device=self.parts[0].device), 0)
 
     def take(self, idx: Tensor) -> Tensor:
         """Rows at ascending ``idx`` [M] -> [M, D], copied once."""
@@ -149,7 +151,7 @@ class Rows:
         if len(self.parts) == 1:
             return self.parts[0][idx].to(torch.float32)
         order = stable_argsort(idx)
-        out = torch.empty(len(idx), self.parts[0].shape[1], dtype=torch.float32)
+        out = torch.empty(len(idx), self.parts[0].shape[1], dtype=torch.float32, device=idx.device)
         out[order] = self.take(idx[order]).to(torch.float32)
         return out
 
@@ -164,12 +166,12 @@ def consolidate(meta: TokenSet, rows: Rows, budget: int) -> tuple[TokenSet, int,
     budget, k = max(budget, 0), len(meta)
     excess = k - budget
     if excess <= 0:
-        return replace(meta, features=rows.take(torch.arange(k))), 0, 0
+        return replace(meta, features=rows.take(torch.arange(k, device=meta.time.device))), 0, 0
     early = max(0, excess - (k - int(torch.unique(meta.position).numel())))
-    live = torch.arange(early, k)
+    live = torch.arange(early, k, device=meta.time.device)
     plan = plan_merges(meta.gather(live), lambda i: rows.at(live[i]), len(live) - budget) if early else \
         plan_merges(meta, rows.at, k - budget)
-    slots = torch.arange(len(live))
+    slots = torch.arange(len(live), device=live.device)
     keep = torch.nonzero(plan.target == slots, as_tuple=True)[0]
     late = max(0, len(keep) - budget)
     keep = keep[late:]
@@ -207,9 +209,9 @@ def plan_merges(meta: TokenSet, rows_at: Callable[[Tensor], Tensor], count: int)
     O((new + merged) * D) feature work. ``rows_at(idx)`` returns features [M, D] float32.
     """
     k = len(meta)
-    slots = torch.arange(k)
+    slots = torch.arange(k, device=meta.time.device)
     t_start = meta.side.get("t_start", meta.time)
-    next_sim = meta.side.get("next_sim", torch.full((k,), float("nan"))).clone()
+    next_sim = meta.side.get("next_sim", meta.time.new_full((k,), float("nan"), dtype=torch.float32)).clone()
     order = stable_argsort(meta.position)  # [K] grouped by position, time order inside a position
     same = meta.position[order[1:]] == meta.position[order[:-1]]  # [K-1] edge exists
     edges = torch.nonzero(same, as_tuple=True)[0]
@@ -222,7 +224,7 @@ def plan_merges(meta: TokenSet, rows_at: Callable[[Tensor], Tensor], count: int)
             sim[stale] = cosine_rows(pairs[: stale.numel()], pairs[stale.numel() :])
             next_sim[order[edges[stale]]] = sim[stale]
         chosen = edges[torch.topk(sim, min(count, edges.numel())).indices]
-        forward = torch.zeros(k, dtype=torch.bool)
+        forward = torch.zeros(k, dtype=torch.bool, device=slots.device)
         forward[chosen] = True  # sorted slot j merges into slot j+1 when forward[j]
         tail = torch.flip(torch.cummin(torch.flip(torch.where(forward, k, slots), [0]), 0).values, [0])
         target[order] = order[tail]  # every run ends in its latest token
@@ -244,5 +246,5 @@ def merge_temporal_neighbours(tokens: TokenSet, count: int) -> TokenSet:
     rows = Rows((tokens.features,))
     plan = plan_merges(tokens, rows.at, count)
     merged = tokens.merge(plan.target)
-    keep = plan.target == torch.arange(len(tokens))
+    keep = plan.target == torch.arange(len(tokens), device=plan.target.device)
     return replace(merged, side={**merged.side, "t_start": plan.t_start[keep], "next_sim": plan.next_sim[keep]})

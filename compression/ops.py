@@ -9,10 +9,20 @@ from torch import Tensor
 from compression.tokens import TokenSet
 
 
-def evenly_spaced(n: int, k: int) -> Tensor:
+def evenly_spaced(n: int, k: int, device: torch.device | str = "cpu") -> Tensor:
     """k distinct indices spread evenly over range(n) (all of them when k >= n): [min(k, n)] int64."""
     k = max(0, min(k, n))
-    return (torch.arange(k, dtype=torch.int64) * n) // max(k, 1)
+    return (torch.arange(k, dtype=torch.int64, device=device) * n) // max(k, 1)
+
+
+def trivial_selection(tokens: TokenSet, budget: int) -> TokenSet | None:
+    """What a stage-2 selection returns without looking at the tokens: all of them when the budget
+    covers them, none when the budget is zero or less; None when there is a real choice to make."""
+    if budget >= len(tokens):
+        return tokens
+    if budget <= 0:
+        return tokens.gather(tokens.frame[:0])  # an empty int64 index on the tokens' device
+    return None
 
 
 def keep_sorted(tokens: TokenSet, idx: Tensor) -> TokenSet:
@@ -47,9 +57,10 @@ def group_rank(groups: Tensor, scores: Tensor) -> Tensor:
     sorted_groups = groups[order]
     first = torch.ones_like(sorted_groups, dtype=torch.bool)
     first[1:] = sorted_groups[1:] != sorted_groups[:-1]
-    start = torch.cummax(torch.where(first, torch.arange(len(order)), 0), 0).values
+    slots = torch.arange(len(order), device=order.device)
+    start = torch.cummax(torch.where(first, slots, 0), 0).values
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order)) - start
+    rank[order] = slots - start
     return rank
 
 
@@ -98,8 +109,8 @@ def frame_means(tokens: TokenSet) -> tuple[Tensor, Tensor]:
     """Per-frame mean features: (frame ids [F'], means [F', D] float32), size-weighted."""
     ids, inverse = torch.unique(tokens.frame, return_inverse=True)
     w = tokens.size.to(torch.float32)
-    sums = torch.zeros(len(ids), tokens.dim).index_add_(0, inverse, tokens.features.float() * w[:, None])
-    counts = torch.zeros(len(ids)).index_add_(0, inverse, w)
+    sums = w.new_zeros(len(ids), tokens.dim).index_add_(0, inverse, tokens.features.float() * w[:, None])
+    counts = w.new_zeros(len(ids)).index_add_(0, inverse, w)
     return ids, sums / counts.clamp_min(1e-12)[:, None]
 
 
@@ -110,7 +121,7 @@ def cosine_rows(a: Tensor, b: Tensor) -> Tensor:
 
 def segments_from_similarity(sim: Tensor, tau: float) -> Tensor:
     """Segment id per frame given cos(frame t-1, frame t) for t = 1..F-1: sim [F-1] -> [F] int64."""
-    cut = torch.cat([torch.zeros(1, dtype=torch.int64), (sim < tau).to(torch.int64)])
+    cut = torch.cat([torch.zeros(1, dtype=torch.int64, device=sim.device), (sim < tau).to(torch.int64)])
     return torch.cumsum(cut, 0)
 
 
@@ -122,9 +133,9 @@ def require_model(model: object, method: str, need: str) -> object:
     return model
 
 
-def as_scores(values: object, k: int, what: str) -> Tensor:
-    """Hook output as a finite float64 vector [k]."""
-    t = torch.as_tensor(values).detach().to("cpu", torch.float64).reshape(-1)
+def as_scores(values: object, k: int, what: str, device: torch.device | str = "cpu") -> Tensor:
+    """Hook output as a float64 vector [k] on ``device`` (the tokens'), NaN read as -inf."""
+    t = torch.as_tensor(values, device=device).detach().to(device, torch.float64).reshape(-1)
     if t.numel() != k:
         raise ValueError(f"{what} returned {t.numel()} scores for {k} tokens")
     return torch.nan_to_num(t, nan=float("-inf"))

@@ -49,18 +49,19 @@ class TokenBlock:
         return int(self.features.shape[0])
 
     def to_tokenset(self) -> TokenSet:
-        """All F*N tokens, frame-major then row-major: features [F*N, D]."""
+        """All F*N tokens, frame-major then row-major: features [F*N, D]; every field on the features' device."""
         f, n, d = self.features.shape
         rows, cols = self.grid
-        pos = torch.arange(n)
+        device = self.features.device
+        pos = torch.arange(n, device=device)
         return TokenSet(
             features=self.features.reshape(f * n, d),
-            time=self.timestamps.to(torch.float64).repeat_interleave(n),
-            frame=(torch.arange(f, dtype=torch.int64) + self.frame_offset).repeat_interleave(n),
+            time=self.timestamps.to(device, torch.float64).repeat_interleave(n),
+            frame=(torch.arange(f, dtype=torch.int64, device=device) + self.frame_offset).repeat_interleave(n),
             row=(pos // cols).repeat(f),
             col=(pos % cols).repeat(f),
-            size=torch.ones(f * n, dtype=torch.float32),
-            side={k: v.reshape(f * n, *v.shape[2:]) for k, v in self.side.items()},
+            size=torch.ones(f * n, dtype=torch.float32, device=device),
+            side={k: v.to(device).reshape(f * n, *v.shape[2:]) for k, v in self.side.items()},
             grid=self.grid,
         )
 
@@ -95,11 +96,12 @@ class TokenSet:
         return self.row * self.grid[1] + self.col
 
     @staticmethod
-    def empty(dim: int, grid: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32) -> TokenSet:
+    def empty(dim: int, grid: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu") -> TokenSet:
         """A set with no tokens: features [0, dim]."""
-        z = torch.zeros(0, dtype=torch.int64)
-        return TokenSet(torch.zeros(0, dim, dtype=dtype), torch.zeros(0, dtype=torch.float64), z, z.clone(),
-                        z.clone(), torch.zeros(0, dtype=torch.float32), {}, (int(grid[0]), int(grid[1])))
+        z = torch.zeros(0, dtype=torch.int64, device=device)
+        return TokenSet(torch.zeros(0, dim, dtype=dtype, device=device), z.to(torch.float64), z, z.clone(),
+                        z.clone(), z.to(torch.float32), {}, (int(grid[0]), int(grid[1])))
 
     def gather(self, idx: Tensor) -> TokenSet:
         """Apply one index plan idx: LongTensor [K'] to every field."""
@@ -203,7 +205,7 @@ class TokenSet:
 
 def _tensor(raw: bytes, dtype: torch.dtype, shape: list[int]) -> Tensor:
     if not raw:
-        return torch.zeros(shape, dtype=dtype)
+        return torch.zeros(shape, dtype=dtype, device="cpu")
     if dtype == torch.bfloat16:
         return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(torch.bfloat16).reshape(shape)
     return torch.from_numpy(np.frombuffer(raw, dtype=str(dtype).removeprefix("torch.")).copy()).reshape(shape)

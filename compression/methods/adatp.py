@@ -39,6 +39,7 @@ from compression.ops import (
     require_model,
     segments_from_similarity,
     stable_argsort,
+    trivial_selection,
 )
 from compression.registry import SelectContext, register_method
 from compression.tokens import TokenSet
@@ -61,14 +62,14 @@ class AdaTP:
         self.params = params
 
     def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
-        if budget >= len(tokens):
-            return tokens
-        if budget <= 0:
-            return tokens.gather(torch.zeros(0, dtype=torch.int64))
+        if (trivial := trivial_selection(tokens, budget)) is not None:
+            return trivial
         model = require_model(context.model, "adatp", "probe_attention and text_relevance")
         k = len(tokens)
-        attn = as_scores(model.probe_attention(context.question, tokens, self.params.layer), k, "probe_attention")
-        rel = as_scores(model.text_relevance(context.question, tokens), k, "text_relevance")
+        device = tokens.features.device
+        attn = as_scores(model.probe_attention(context.question, tokens, self.params.layer), k, "probe_attention",
+                         device)
+        rel = as_scores(model.text_relevance(context.question, tokens), k, "text_relevance", device)
         seg = self.segments(tokens)
         quotas = self.segment_budgets(seg, tokens.frame, rel, budget)
         rank = rank_in_segment(seg, tokens.position, attn)
@@ -86,11 +87,11 @@ class AdaTP:
         """B_s per segment: [S] int64 summing to ``budget`` (step 3)."""
         n_seg = int(seg.max()) + 1
         frame_ids, f_inv = torch.unique(frame, return_inverse=True)
-        f_rel = torch.zeros(len(frame_ids), dtype=torch.float64).index_add_(0, f_inv, rel.clamp(-1e9, 1e9))
+        f_rel = rel.new_zeros(len(frame_ids)).index_add_(0, f_inv, rel.clamp(-1e9, 1e9))
         f_rel /= torch.bincount(f_inv, minlength=len(frame_ids)).clamp_min(1)
-        f_seg = torch.zeros(len(frame_ids), dtype=torch.int64).scatter_(0, f_inv, seg)
+        f_seg = seg.new_zeros(len(frame_ids)).scatter_(0, f_inv, seg)
         reduce = "amax" if self.params.relevance == "max" else "mean"
-        seg_rel = torch.zeros(n_seg, dtype=torch.float64).scatter_reduce(0, f_seg, f_rel, reduce, include_self=False)
+        seg_rel = rel.new_zeros(n_seg).scatter_reduce(0, f_seg, f_rel, reduce, include_self=False)
         counts = torch.bincount(seg, minlength=n_seg)
         weights = (1 - self.params.lam) * counts / counts.sum() + self.params.lam * torch.softmax(
             seg_rel / self.params.tau_r, 0)
@@ -102,6 +103,6 @@ def rank_in_segment(seg: Tensor, position: Tensor, attn: Tensor) -> Tensor:
     (segment, position) group, then attention descending): seg, position, attn [K] -> [K] int64."""
     k = seg.numel()
     dup_rank = group_rank(seg * (int(position.max()) + 1) + position, attn)  # 0 = position's best token
-    attn_rank = torch.empty(k, dtype=torch.int64)
-    attn_rank[stable_argsort(-attn)] = torch.arange(k)
+    attn_rank = torch.empty_like(seg)
+    attn_rank[stable_argsort(-attn)] = torch.arange(k, device=seg.device)
     return group_rank(seg, -(dup_rank * k + attn_rank).to(torch.float64))

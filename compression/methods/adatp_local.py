@@ -51,9 +51,10 @@ class AdaTPLocal:
         f, n, _ = block.features.shape
         feats = F.normalize(block.features.float(), dim=-1)  # [F, N, D]
         glob = F.normalize(block.features.float().mean(1), dim=-1)  # [F, D] frame global features
-        prev, rep, segment, length = state["prev"], state["rep"], state["segment"], state["length"]
-        keep = torch.zeros(f, n, dtype=torch.bool)
-        seg_ids = torch.zeros(f, dtype=torch.int64)
+        prev, rep = _on(state["prev"], feats), _on(state["rep"], feats)
+        segment, length = state["segment"], state["length"]
+        keep = torch.zeros(f, n, dtype=torch.bool, device=feats.device)
+        seg_ids = torch.zeros(f, dtype=torch.int64, device=feats.device)
         for i in range(f):  # frames, not tokens: a segment depends on the previous frame
             if self._new_segment(prev, glob[i], length) or rep is None or rep.shape[0] != n:
                 segment, length, rep = segment + 1, 0, feats[i]
@@ -75,3 +76,8 @@ class AdaTPLocal:
         if self.params.max_segment_frames and length >= self.params.max_segment_frames:
             return True
         return float((prev * current).sum()) < self.params.tau
+
+
+def _on(saved: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A state tensor on the features' device (a state loaded with torch.load is on the CPU)."""
+    return None if saved is None else saved.to(like.device)

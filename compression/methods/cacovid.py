@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from compression.ops import as_scores, group_rank
+from compression.ops import as_scores, group_rank, trivial_selection
 from compression.registry import SelectContext, register_method
 from compression.scoring import TokenScorer
 from compression.tokens import TokenSet
@@ -66,19 +66,18 @@ class CaCoVID:
 
     def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
         k = len(tokens)
-        if budget >= k:
-            return tokens
-        if budget <= 0:
-            return tokens.gather(torch.zeros(0, dtype=torch.int64))
+        if (trivial := trivial_selection(tokens, budget)) is not None:
+            return trivial
         frame_ids, f_inv = torch.unique(tokens.frame, return_inverse=True)
         u, v = self.scorer.score(context.question, tokens, context.model)
-        u, v = as_scores(u, k, "token scores"), as_scores(v, len(frame_ids), "frame scores")
+        device = tokens.features.device
+        u, v = as_scores(u, k, "token scores", device), as_scores(v, len(frame_ids), "frame scores", device)
         quotas = self.frame_quotas(v, torch.bincount(f_inv, minlength=len(frame_ids)), budget, k)
         chosen = group_rank(f_inv, u) < quotas[f_inv]  # [K] top-q_f per frame
         rest = torch.nonzero(~chosen, as_tuple=True)[0]
         n_fill = budget - int(chosen.sum())
         if n_fill > 0:
-            chosen[rest[torch.linspace(0, rest.numel() - 1, n_fill).round().to(torch.int64)]] = True
+            chosen[rest[torch.linspace(0, rest.numel() - 1, n_fill, device=rest.device).round().to(torch.int64)]] = True
         return tokens.gather(torch.nonzero(chosen, as_tuple=True)[0])
 
     def frame_quotas(self, v: Tensor, counts: Tensor, budget: int, k: int) -> Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from compression.ops import trivial_selection
 from compression.registry import SelectContext, register_method
 from compression.tokens import TokenSet
 
@@ -30,14 +31,12 @@ class DivPrune:
         self.params = params
 
     def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
-        if budget >= len(tokens):
-            return tokens
-        if budget <= 0:
-            return tokens.gather(torch.zeros(0, dtype=torch.int64))
+        if (trivial := trivial_selection(tokens, budget)) is not None:
+            return trivial
         x = F.normalize(tokens.features.float(), dim=-1)  # [K, D]
         gram = x @ x.T if len(tokens) <= self.params.gram_max_tokens else None  # [K, K] cosine, when it fits
         centre = F.normalize(x.mean(0), dim=0)
-        chosen = torch.empty(budget, dtype=torch.int64)
+        chosen = torch.empty(budget, dtype=torch.int64, device=x.device)
         chosen[0] = int(torch.argmin(x @ centre))
         dist = 1.0 - self._similarity(x, gram, int(chosen[0]))  # [K] cosine distance to the selected set
         dist[chosen[0]] = -1.0

@@ -41,9 +41,10 @@ class DifferentialTokenDrop:
     def update(self, state: dict, block: TokenBlock) -> tuple[dict, TokenSet]:
         tokens = block.to_tokenset()
         f, n, _ = block.features.shape
-        ref = state.get("ref")
         feats = F.normalize(block.features.float(), dim=-1)  # [F, N, D]
-        keep = torch.ones(f, n, dtype=torch.bool)
+        ref = state.get("ref")
+        ref = None if ref is None else ref.to(feats.device)  # a state loaded with torch.load is on the CPU
+        keep = torch.ones(f, n, dtype=torch.bool, device=feats.device)
         for i in range(f):  # frames, not tokens: each decision depends on the previous frame's
             if ref is not None and ref.shape[0] == n:
                 keep[i] = (feats[i] * ref).sum(-1) < self.params.threshold

@@ -31,5 +31,5 @@ class FastV:
             return tokens
         model = require_model(context.model, "fastv", "probe_attention")
         attn = as_scores(model.probe_attention(context.question, tokens, self.params.layer), len(tokens),
-                         "probe_attention")
+                         "probe_attention", tokens.features.device)
         return tokens.gather(top_k(attn, budget))

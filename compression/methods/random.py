@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from compression.ops import keep_sorted
 from compression.registry import SelectContext, register_method
@@ -22,6 +23,12 @@ def _generator(*parts: int) -> torch.Generator:
     for p in parts:
         seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
     return torch.Generator().manual_seed(seed)
+
+
+def _permutation(n: int, tokens: TokenSet, *seeds: int) -> Tensor:
+    """A seeded permutation of range(n) on the tokens' device. Drawn on the CPU, so a seed selects the
+    same tokens on every device (CPU-GPU copy of n indices)."""
+    return torch.randperm(n, generator=_generator(*seeds), device="cpu").to(tokens.features.device)
 
 
 @register_method("random", stage=(1, 2))
@@ -42,9 +49,7 @@ class RandomSubset:
     def update(self, state: dict, block: TokenBlock) -> tuple[dict, TokenSet]:
         tokens = block.to_tokenset()
         k = math.floor(self.params.ratio * len(tokens) + 0.5)
-        perm = torch.randperm(len(tokens), generator=_generator(self.params.seed, block.frame_offset))
-        return state, keep_sorted(tokens, perm[:k])
+        return state, keep_sorted(tokens, _permutation(len(tokens), tokens, self.params.seed, block.frame_offset)[:k])
 
     def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
-        perm = torch.randperm(len(tokens), generator=_generator(self.params.seed, context.seed))
-        return keep_sorted(tokens, perm[: max(budget, 0)])
+        return keep_sorted(tokens, _permutation(len(tokens), tokens, self.params.seed, context.seed)[: max(budget, 0)])

@@ -26,4 +26,4 @@ class Recent:
 
     def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
         k = len(tokens)
-        return tokens.gather(torch.arange(max(0, k - max(budget, 0)), k))
+        return tokens.gather(torch.arange(max(0, k - max(budget, 0)), k, device=tokens.frame.device))

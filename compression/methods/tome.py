@@ -35,12 +35,12 @@ def bipartite_targets(metric: Tensor, r: int, matmul_dtype: torch.dtype = torch.
     with bf16 units; near-ties may then resolve differently).
     """
     b, t, _ = metric.shape
-    target = torch.arange(t).expand(b, t).clone()
+    target = torch.arange(t, device=metric.device).expand(b, t).clone()
     r = min(r, t // 2)
     if r <= 0:
         return target
     x = F.normalize(metric.float(), dim=-1).to(matmul_dtype)
-    a_idx, b_idx = torch.arange(0, t, 2), torch.arange(1, t, 2)
+    a_idx, b_idx = torch.arange(0, t, 2, device=metric.device), torch.arange(1, t, 2, device=metric.device)
     scores = (x[:, a_idx] @ x[:, b_idx].transpose(1, 2)).float()  # [B, |A|, |B|] cosine
     best, partner = scores.max(dim=-1)  # [B, |A|]
     sources = torch.sort(best, dim=-1, descending=True, stable=True).indices[:, :r]  # [B, r] A slots
@@ -61,7 +61,7 @@ def tome_to(tokens: TokenSet, keep: int, frames: int = 1, matmul_dtype: torch.dt
         if r <= 0:
             break
         local = bipartite_targets(tokens.features.reshape(frames, per, -1), r, matmul_dtype)  # [frames, per]
-        tokens = tokens.merge((local + torch.arange(frames)[:, None] * per).reshape(-1))
+        tokens = tokens.merge((local + torch.arange(frames, device=local.device)[:, None] * per).reshape(-1))
     return tokens
 
 

@@ -37,14 +37,15 @@ class Uniform:
     def update(self, state: dict, block: TokenBlock) -> tuple[dict, TokenSet]:
         tokens = block.to_tokenset()
         f, n = block.features.shape[:2]
+        device = block.features.device
         if self.params.mode == "spatial":
-            keep = evenly_spaced(n, math.floor(self.params.ratio * n + 0.5))  # [n'] positions
-            idx = (torch.arange(f)[:, None] * n + keep[None, :]).reshape(-1)
+            keep = evenly_spaced(n, math.floor(self.params.ratio * n + 0.5), device)  # [n'] positions
+            idx = (torch.arange(f, device=device)[:, None] * n + keep[None, :]).reshape(-1)
         else:
-            frames = torch.arange(f) + block.frame_offset
+            frames = torch.arange(f, device=device) + block.frame_offset
             on_grid = torch.floor((frames + 1) * self.params.ratio) > torch.floor(frames * self.params.ratio)
-            idx = (torch.nonzero(on_grid, as_tuple=True)[0][:, None] * n + torch.arange(n)).reshape(-1)
+            idx = (torch.nonzero(on_grid, as_tuple=True)[0][:, None] * n + torch.arange(n, device=device)).reshape(-1)
         return state, tokens.gather(idx)
 
     def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
-        return tokens.gather(evenly_spaced(len(tokens), budget))
+        return tokens.gather(evenly_spaced(len(tokens), budget, tokens.frame.device))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from compression.ops import as_scores, evenly_spaced, require_model, top_k
+from compression.ops import as_scores, evenly_spaced, require_model, top_k, trivial_selection
 from compression.registry import SelectContext, register_method
 from compression.tokens import TokenSet
 
@@ -36,24 +36,22 @@ class VisionZip:
         self.params = params
 
     def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:
-        if budget >= len(tokens):
-            return tokens
-        if budget <= 0:
-            return tokens.gather(torch.zeros(0, dtype=torch.int64))
+        if (trivial := trivial_selection(tokens, budget)) is not None:
+            return trivial
         model = require_model(context.model, "visionzip", "probe_attention")
         attn = as_scores(model.probe_attention(context.question, tokens, self.params.layer), len(tokens),
-                         "probe_attention")
+                         "probe_attention", tokens.features.device)
         n_ctx = min(budget, math.floor(self.params.contextual_ratio * budget + 0.5))
         dominant = top_k(attn, budget - n_ctx)
-        rest = torch.ones(len(tokens), dtype=torch.bool)
+        rest = torch.ones(len(tokens), dtype=torch.bool, device=attn.device)
         rest[dominant] = False
         rest_idx = torch.nonzero(rest, as_tuple=True)[0]  # [K - dominant], time order
-        ctx_idx = rest_idx[evenly_spaced(rest_idx.numel(), n_ctx)]  # contextual targets
+        ctx_idx = rest_idx[evenly_spaced(rest_idx.numel(), n_ctx, rest_idx.device)]  # contextual targets
         if ctx_idx.numel() == 0:
             return tokens.gather(dominant)
         x = F.normalize(tokens.features.float(), dim=-1)
         partner = (x[rest_idx] @ x[ctx_idx].T).argmax(dim=-1)  # [K - dominant] most similar target
-        target = torch.arange(len(tokens))
+        target = torch.arange(len(tokens), device=rest_idx.device)
         target[rest_idx] = ctx_idx[partner]
         target[ctx_idx] = ctx_idx
         return tokens.merge(target)  # dominant + contextual tokens, the rest merged into the latter

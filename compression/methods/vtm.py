@@ -83,7 +83,7 @@ class VideoTokenMerging:
         n_total, p = len(tokens), self.params
         k = max(1, round(n_total / p.gamma))
         if p.target == "naive":
-            return torch.arange(n_total) % max(1, round(p.gamma)) == 0
+            return torch.arange(n_total, device=tokens.frame.device) % max(1, round(p.gamma)) == 0
         if p.target in ("center", "boundary"):
             return _region_targets(tokens, p.gamma, centre_first=p.target == "center")
         gen = torch.Generator().manual_seed(p.seed * 1_000_003 + block.frame_offset)
@@ -93,14 +93,15 @@ class VideoTokenMerging:
             return _pick(block.side["motion"].reshape(-1).float(), k, sample=True, gen=gen)
         if self.saliency.numel() != tokens.dim:
             raise ValueError(f"saliency vector has {self.saliency.numel()} entries, features have D={tokens.dim}")
-        s = torch.tanh(tokens.features.float() @ self.saliency)  # [F*N] saliency in (-1, 1)
+        s = torch.tanh(tokens.features.float() @ self.saliency.to(tokens.features.device))  # [F*N] saliency in (-1, 1)
         return _pick(s, k, sample=p.sample, gen=gen)
 
 
 def _pick(scores: Tensor, k: int, sample: bool, gen: torch.Generator) -> Tensor:
-    mask = torch.zeros(scores.numel(), dtype=torch.bool)
-    if sample:
-        idx = torch.multinomial(torch.softmax(scores, 0), min(k, scores.numel()), replacement=False, generator=gen)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if sample:  # drawn on the CPU with a CPU generator, so a seed picks the same targets on every device
+        probs = torch.softmax(scores, 0).cpu()  # CPU-GPU sync
+        idx = torch.multinomial(probs, min(k, scores.numel()), replacement=False, generator=gen).to(scores.device)
     else:
         idx = torch.sort(scores, descending=True, stable=True).indices[:k]
     mask[idx] = True
@@ -129,6 +130,6 @@ def merge_sources(tokens: TokenSet, targets: Tensor, merge_ratio: float,
     x = F.normalize(tokens.features.float(), dim=-1).to(matmul_dtype)
     best, partner = (x[s_idx] @ x[t_idx].T).float().max(dim=-1)  # [|S|] best target per source
     chosen = torch.sort(best, descending=True, stable=True).indices[:r]
-    target = torch.arange(len(tokens))
+    target = torch.arange(len(tokens), device=t_idx.device)
     target[s_idx[chosen]] = t_idx[partner[chosen]]
     return tokens.merge(target)

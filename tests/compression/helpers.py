@@ -58,13 +58,13 @@ class FakeHooks:
         self.calls.append(f"probe_attention@{layer}")
         if self.attention is not None:
             return self.attention(tokens)
-        return torch.softmax(tokens.features.float() @ _direction(tokens.dim, 1), 0)
+        return torch.softmax(tokens.features.float() @ _direction(tokens, 1), 0)
 
     def text_relevance(self, question: str, tokens: TokenSet) -> Tensor:
         self.calls.append("text_relevance")
         if self.relevance is not None:
             return self.relevance(tokens)
-        return torch.tanh(tokens.features.float() @ _direction(tokens.dim, 2))
+        return torch.tanh(tokens.features.float() @ _direction(tokens, 2))
 
 
 class FakeScorer:
@@ -80,8 +80,10 @@ class FakeScorer:
         return u, torch.cos(tokens.frames().float())
 
 
-def _direction(dim: int, seed: int) -> Tensor:
-    return torch.randn(dim, generator=torch.Generator().manual_seed(seed))
+def _direction(tokens: TokenSet, seed: int) -> Tensor:
+    """A fixed random direction [D] on the tokens' device, as a real adapter's outputs would be."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(tokens.dim, generator=gen, device="cpu").to(tokens.features.device)
 
 
 def build_objects(name: str) -> dict:
