@@ -30,7 +30,8 @@ class Arch:
     image_size: int = 96
     patch_size: int = 16
     vision_hidden: int = 96
-    vision_layers: int = 2
+    vision_layers: int = 1
+    feature_layer: int = -2  # with 1 layer: the patch + position embeddings (a Fuyu-style linear patch encoder)
     text_hidden: int = 128
     text_layers: int = 4
     heads: int = 4
@@ -108,7 +109,7 @@ def build_model(
         text_config=text,
         image_token_index=ids["<image>"],
         video_token_index=ids["<video>"],
-        vision_feature_layer=-1,
+        vision_feature_layer=arch.feature_layer,
         vision_feature_select_strategy="full",
         image_grid_pinpoints=[[arch.image_size, arch.image_size]],
         tie_word_embeddings=False,

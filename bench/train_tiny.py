@@ -42,12 +42,12 @@ class TinyConfig:
     out: str = "models/vidmem-tiny"
     work_dir: str = "vidmem-data/train-tiny"
     steps: int = 1400
-    max_minutes: float = 36.0
+    max_minutes: float = 25.0
     clips_per_batch: int = 6
     sizes: tuple[int, ...] = (96, 112, 128)
     long_share: float = 0.15
     captions: bool = True  # also teacher-force free-text clip descriptions (dense grounding signal)
-    lr: float = 3e-3
+    lr: float = 2e-3
     warmup: int = 60
     weight_decay: float = 0.01
     heldout_clips: int = 48
@@ -321,7 +321,7 @@ def cli(
     out: Annotated[str, typer.Option(help="model folder to write")] = "models/vidmem-tiny",
     work_dir: Annotated[str, typer.Option(help="checkpoints (resumed from when present)")] = "vidmem-data/train-tiny",
     steps: Annotated[int, typer.Option(help="optimiser steps")] = TinyConfig.steps,
-    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the schedule anneals within it")] = 36.0,
+    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the schedule anneals within it")] = 25.0,
     clips_per_batch: Annotated[int, typer.Option(help="clips per step (all their questions are used)")] = 6,
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared, busy CPU)")] = 1,
     seed: Annotated[int, typer.Option(help="init and data seed")] = 0,
