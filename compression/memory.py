@@ -15,8 +15,6 @@ Cost: one stable sort plus one top-k, O(n log n) in memory size n.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -25,7 +23,7 @@ import torch
 from torch import Tensor
 
 from compression.ops import cosine_rows, stable_argsort
-from compression.tokens import TokenSet
+from compression.tokens import TokenSet, pack_header, unpack_header
 
 MAGIC = b"VMMEM1"
 HELD_DTYPE = torch.float16  # features are held as they are serialised
@@ -102,13 +100,11 @@ class Memory:
 
     @cached_property
     def _bytes(self) -> bytes:
-        head = json.dumps({
+        return pack_header(MAGIC, {
             "budget_tokens": self.budget_tokens, "chunks_applied": self.chunks_applied,
             "tokens_seen": self.tokens_seen, "tokens_evicted": self.tokens_evicted,
             "tokens_merged": self.tokens_merged, "stats": self.stats,
-        }, separators=(",", ":")).encode()
-        body = self.tokens.to_bytes()
-        return MAGIC + struct.pack("<I", len(head)) + head + body
+        }) + self.tokens.to_bytes()
 
     @property
     def nbytes(self) -> int:
@@ -117,12 +113,8 @@ class Memory:
 
     @staticmethod
     def from_bytes(data: bytes) -> Memory:
-        if data[: len(MAGIC)] != MAGIC:
-            raise ValueError("not a serialised Memory")
-        (n,) = struct.unpack_from("<I", data, len(MAGIC))
-        start = len(MAGIC) + 4
-        head = json.loads(data[start : start + n])
-        body = data[start + n :]
+        head, start = unpack_header(data, MAGIC, "Memory")
+        body = data[start:]
         return Memory(tokens=TokenSet.from_bytes(body) if body else TokenSet.empty(1), **head)
 
 

@@ -15,6 +15,12 @@ def evenly_spaced(n: int, k: int, device: torch.device | str = "cpu") -> Tensor:
     return (torch.arange(k, dtype=torch.int64, device=device) * n) // max(k, 1)
 
 
+def check_ratio(method: str, ratio: float, *, allow_zero: bool = True, key: str = "ratio") -> None:
+    """ValueError unless ``ratio`` lies in [0, 1] ((0, 1] when zero is not allowed)."""
+    if not (0.0 <= ratio <= 1.0) or (ratio == 0.0 and not allow_zero):
+        raise ValueError(f"{method} {key} must lie in {'[' if allow_zero else '('}0, 1], got {ratio}")
+
+
 def trivial_selection(tokens: TokenSet, budget: int) -> TokenSet | None:
     """What a stage-2 selection returns without looking at the tokens: all of them when the budget
     covers them, none when the budget is zero or less; None when there is a real choice to make."""

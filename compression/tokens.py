@@ -180,8 +180,7 @@ class TokenSet:
             raw = t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
             header["tensors"].append([name, str(t.dtype).removeprefix("torch."), list(t.shape), len(raw)])
             chunks.append(raw)
-        head = json.dumps(header, separators=(",", ":")).encode()
-        return MAGIC + struct.pack("<I", len(head)) + head + b"".join(chunks)
+        return pack_header(MAGIC, header) + b"".join(chunks)
 
     @property
     def nbytes(self) -> int:
@@ -190,17 +189,28 @@ class TokenSet:
 
     @staticmethod
     def from_bytes(data: bytes) -> TokenSet:
-        if data[: len(MAGIC)] != MAGIC:
-            raise ValueError("not a serialised TokenSet")
-        (n,) = struct.unpack_from("<I", data, len(MAGIC))
-        start = len(MAGIC) + 4
-        header = json.loads(data[start : start + n])
-        offset, out = start + n, {}
+        header, offset = unpack_header(data, MAGIC, "TokenSet")
+        out = {}
         for name, dtype, shape, length in header["tensors"]:
             out[name] = _tensor(data[offset : offset + length], _DTYPES[dtype], shape)
             offset += length
         side = {k.removeprefix("side."): v for k, v in out.items() if k.startswith("side.")}
         return TokenSet(*(out[name] for name in _FIELDS), side=side, grid=tuple(header["grid"]))
+
+
+def pack_header(magic: bytes, header: dict) -> bytes:
+    """``magic``, the length of the JSON header (uint32, little endian), then the header itself."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return magic + struct.pack("<I", len(head)) + head
+
+
+def unpack_header(data: bytes, magic: bytes, what: str) -> tuple[dict, int]:
+    """The header written by :func:`pack_header` and the offset where the body starts."""
+    if data[: len(magic)] != magic:
+        raise ValueError(f"not a serialised {what}")
+    (n,) = struct.unpack_from("<I", data, len(magic))
+    start = len(magic) + 4
+    return json.loads(data[start : start + n]), start + n
 
 
 def _tensor(raw: bytes, dtype: torch.dtype, shape: list[int]) -> Tensor:

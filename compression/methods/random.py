@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from compression.ops import keep_sorted
+from compression.ops import check_ratio, keep_sorted
 from compression.registry import SelectContext, register_method
 from compression.tokens import TokenBlock, TokenSet
 
@@ -39,8 +39,7 @@ class RandomSubset:
         seed: int = 0
 
     def __init__(self, params: Params) -> None:
-        if not 0.0 <= params.ratio <= 1.0:
-            raise ValueError(f"random ratio must lie in [0, 1], got {params.ratio}")
+        check_ratio("random", params.ratio)
         self.params = params
 
     def init_state(self) -> dict:

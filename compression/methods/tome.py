@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compression.ops import check_ratio
 from compression.registry import register_method
 from compression.tokens import TokenBlock, TokenSet
 
@@ -74,8 +75,7 @@ class ToMe:
         matmul: Literal["fp32", "bf16"] = "fp32"  # dtype of the similarity matmul
 
     def __init__(self, params: Params) -> None:
-        if not 0.0 < params.ratio <= 1.0:
-            raise ValueError(f"tome ratio must lie in (0, 1], got {params.ratio}")
+        check_ratio("tome", params.ratio, allow_zero=False)
         self.params = params
 
     def init_state(self) -> dict:

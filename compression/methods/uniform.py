@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from compression.ops import evenly_spaced
+from compression.ops import check_ratio, evenly_spaced
 from compression.registry import SelectContext, register_method
 from compression.tokens import TokenBlock, TokenSet
 
@@ -27,8 +27,7 @@ class Uniform:
         mode: Literal["spatial", "temporal"] = "spatial"
 
     def __init__(self, params: Params) -> None:
-        if not 0.0 <= params.ratio <= 1.0:
-            raise ValueError(f"uniform ratio must lie in [0, 1], got {params.ratio}")
+        check_ratio("uniform", params.ratio)
         self.params = params
 
     def init_state(self) -> dict:

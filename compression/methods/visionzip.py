@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from compression.ops import as_scores, evenly_spaced, require_model, top_k, trivial_selection
+from compression.ops import as_scores, check_ratio, evenly_spaced, require_model, top_k, trivial_selection
 from compression.registry import SelectContext, register_method
 from compression.tokens import TokenSet
 
@@ -31,8 +31,7 @@ class VisionZip:
         layer: int = 2
 
     def __init__(self, params: Params) -> None:
-        if not 0.0 <= params.contextual_ratio <= 1.0:
-            raise ValueError(f"visionzip contextual_ratio must lie in [0, 1], got {params.contextual_ratio}")
+        check_ratio("visionzip", params.contextual_ratio, key="contextual_ratio")
         self.params = params
 
     def select(self, tokens: TokenSet, budget: int, context: SelectContext) -> TokenSet:

@@ -46,6 +46,15 @@ def chunks_of(features: Tensor, chunk: int, grid: tuple[int, int], fps: float = 
     return blocks
 
 
+def run_chunked(method: object, blocks: list[TokenBlock]) -> TokenSet:
+    """A stage-1 method's output over ``blocks`` fed one by one from a fresh state, concatenated."""
+    state, parts = method.init_state(), []
+    for block in blocks:
+        state, out = method.update(state, block)
+        parts.append(out)
+    return TokenSet.concat(parts)
+
+
 class FakeHooks:
     """A test double of the Video LLM: attention and relevance are fixed functions of the features."""
 

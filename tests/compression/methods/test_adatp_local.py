@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from compression.registry import build_method
-from compression.tokens import TokenSet
-from tests.compression.helpers import assert_same_tokens, chunks_of, scene_video
+from tests.compression.helpers import assert_same_tokens, chunks_of, run_chunked, scene_video
 
 
 def test_adatp_local_when_run_chunk_by_chunk_then_segmentation_equals_the_whole_video():
@@ -14,11 +13,7 @@ def test_adatp_local_when_run_chunk_by_chunk_then_segmentation_equals_the_whole_
     feats = scene_video(28, scene_length=7)
     method = build_method("adatp-local")
     _, whole = method.update(method.init_state(), chunks_of(feats, 28, (4, 4))[0])
-    state, parts = method.init_state(), []
-    for block in chunks_of(feats, 8, (4, 4)):
-        state, out = method.update(state, block)
-        parts.append(out)
-    chunked = TokenSet.concat(parts)
+    chunked = run_chunked(method, chunks_of(feats, 8, (4, 4)))
     # then the same tokens and the same stream-wide segment ids come out
     assert_same_tokens(chunked, whole)
     assert whole.side["segment"].unique().tolist() == [0, 1, 2, 3]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from compression.registry import SelectContext, build_method
-from compression.tokens import TokenBlock, TokenSet
-from tests.compression.helpers import assert_same_tokens, chunks_of, scene_video
+from compression.tokens import TokenBlock
+from tests.compression.helpers import assert_same_tokens, chunks_of, run_chunked, scene_video
 
 
 @pytest.mark.parametrize("spec", ["uniform:ratio=0.25", "uniform:ratio=0.4,mode=temporal", "uniform:ratio=1.0"])
@@ -18,12 +18,9 @@ def test_uniform_when_run_chunk_by_chunk_then_equals_the_whole_video(spec):
     method = build_method(spec)
     # when compressed both ways
     _, all_at_once = method.update(method.init_state(), whole)
-    state, parts = method.init_state(), []
-    for block in chunks_of(feats, 8, (4, 4)):
-        state, out = method.update(state, block)
-        parts.append(out)
+    chunked = run_chunked(method, chunks_of(feats, 8, (4, 4)))
     # then the results are identical
-    assert_same_tokens(TokenSet.concat(parts), all_at_once)
+    assert_same_tokens(chunked, all_at_once)
 
 
 def test_uniform_when_spatial_then_keeps_the_same_evenly_spaced_positions_in_every_frame():
