@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,15 @@ from vlm.loader import load_model, tiny_folder
 
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "smolvlm"]
 _CACHE: dict[str, VideoLLM] = {}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and the machine's cores are shared: use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
