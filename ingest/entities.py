@@ -112,6 +112,9 @@ class IngestConfig:
     backoff_factor: float = 2.0
     backoff_jitter: float = 0.2  # +- this fraction of each delay, so many cameras do not retry in step
     max_retries: int | None = None  # consecutive failed connects before FAILED; None = retry forever
+    # A live source that has never delivered a frame fails after this many failed connects in a row (a wrong
+    # URL fails clearly); once it has been live only max_retries applies. None = retry forever.
+    first_connect_retries: int | None = 5
     allowed_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https", "file")
     allow_files: bool = True
     allow_devices: bool = False
@@ -128,6 +131,8 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.sample_fps <= 0 or self.chunk_seconds <= 0 or self.stall_seconds <= 0:
             raise ValueError("sample_fps, chunk_seconds and stall_seconds must be > 0")
+        if self.first_connect_retries is not None and self.first_connect_retries < 1:
+            raise ValueError(f"first_connect_retries must be >= 1 or None, got {self.first_connect_retries}")
         if self.queue_chunks < 1:
             raise ValueError(f"queue_chunks must be >= 1, got {self.queue_chunks}")
         if self.rtsp_transport not in ("tcp", "udp"):

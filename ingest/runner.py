@@ -2,7 +2,9 @@
 
 The decode thread opens the source (``ingest.sources``), reads it (``ingest.reader``) through the
 frame pipeline (sampler, one resize, chunker), and reconnects with exponential backoff and jitter
-after an end of stream, an error or a stall. Chunks reach ``on_chunk`` from a delivery thread
+after an end of stream, an error or a stall; a live source that has never delivered a frame fails
+after ``first_connect_retries`` failed connects (a wrong URL), one that has been live only after
+``max_retries`` (None: a camera that drops is retried forever). Chunks reach ``on_chunk`` from a delivery thread
 through a bounded queue with a named drop policy (``ingest.delivery``): drop-oldest for live
 sources, block for files read as fast as possible. ``webrtc://<name>`` URLs are received from a
 browser instead (``ingest.webrtc``), through the same pipeline.
@@ -173,14 +175,25 @@ class _Supervisor:
             return self._after_file(result, reason)
         if result is not None and result.frames > 0:
             self.backoff.reset()
-        if self.config.max_retries is not None and self.backoff.failures >= self.config.max_retries:
-            return self.delivery.event(StreamStatus.FAILED, f"gave up after {self.backoff.failures} retries: {reason}")
+        give_up = self._give_up(reason, ever_connected)
+        if give_up is not None:
+            return self.delivery.event(StreamStatus.FAILED, give_up)
         delay = self.backoff.next_delay()
         status = StreamStatus.RECONNECTING if ever_connected else StreamStatus.CONNECTING
         self.delivery.report(status, f"{reason}; retrying in {delay:.1f} s")
         if ever_connected and result is not None:
             self.owner._stats.add(reconnects=1)
         self.stop.wait(delay)
+        return None
+
+    def _give_up(self, reason: str, ever_connected: bool) -> str | None:
+        """Why the stream fails now, or None to retry: out of retries, or never connected at all."""
+        retries, first = self.config.max_retries, self.config.first_connect_retries
+        if retries is not None and self.backoff.failures >= retries:
+            return f"gave up after {self.backoff.failures} retries: {reason}"
+        tries = self.backoff.failures + 1  # failed connects in a row, this one included
+        if not ever_connected and first is not None and tries >= first:
+            return f"could not connect after {tries} tries: {reason}"
         return None
 
     def _after_file(self, result: ReadResult | None, reason: str) -> StatusEvent | None:

@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -262,3 +263,71 @@ def test_stream_ingest_when_playlist_points_at_local_files_refuses_them(run_inge
     _, got = run_ingest(f"{base}/evil.m3u8", config)
     # then no local segment is read
     assert got.chunks == [] and got.final.status is StreamStatus.FAILED, got.events
+
+
+QUICK_RETRY = IngestConfig(sample_fps=2.0, chunk_seconds=1.0, frame_size=16, realtime=False,
+                           backoff_initial_s=0.05, backoff_max_s=0.1)
+
+
+def _closed_port() -> int:
+    """A local port where nothing listens (connects to it are refused)."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]
+
+
+def test_stream_ingest_when_port_is_closed_and_never_connected_fails_after_first_connect_retries(run_ingest):
+    # given a URL whose port refuses connections, and the default policy (5 first tries, max_retries None)
+    assert QUICK_RETRY.first_connect_retries == 5 and QUICK_RETRY.max_retries is None
+    url = f"rtsp://127.0.0.1:{_closed_port()}/live"
+    t0 = time.monotonic()
+    # when ingested
+    ingest, got = run_ingest(url, QUICK_RETRY, timeout=10)
+    # then it tried five times, never connected, and failed saying so and why
+    assert got.final is not None and got.final.status is StreamStatus.FAILED, got.events
+    assert "could not connect after 5 tries" in got.final.reason, got.final.reason
+    assert "Connection refused" in got.final.reason, got.final.reason
+    assert got.statuses == [StreamStatus.CONNECTING] * 5 + [StreamStatus.FAILED], got.statuses
+    assert ingest.stats()["connects"] == 0
+    assert time.monotonic() - t0 < 5, "five refused connects with 0.1 s backoff take well under 5 s"
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "http"])
+def test_stream_ingest_when_server_accepts_but_never_answers_fails_after_first_connect_retries(run_ingest, scheme):
+    # given a TCP server that accepts connections and then says nothing
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = replace(QUICK_RETRY, open_timeout_s=0.5, stall_seconds=1.0, first_connect_retries=2)
+    t0 = time.monotonic()
+    # when it is ingested with no max_retries (the first-connect rule alone decides)
+    try:
+        _, got = run_ingest(f"{scheme}://127.0.0.1:{port}/live", config, timeout=15)
+    finally:
+        listener.close()
+    # then it fails within a few seconds, naming the tries and the timeout
+    assert got.final is not None and got.final.status is StreamStatus.FAILED, got.events
+    assert "could not connect after 2 tries" in got.final.reason, got.final.reason
+    assert "no answer within" in got.final.reason, got.final.reason
+    assert time.monotonic() - t0 < 8
+
+
+def test_stream_ingest_when_a_live_source_drops_retries_past_first_connect_retries(run_ingest, make_h264, tmp_path,
+                                                                                  http_dir):
+    # given an HLS stream that has been live, with a first-connect limit of one try and no max_retries
+    folder, base = http_dir
+    _write_hls(make_h264(tmp_path / "clip.mp4", seconds=2.0, fps=10, gop=10), folder)
+    ingest, got = run_ingest(f"{base}/index.m3u8", replace(QUICK_RETRY, first_connect_retries=1), wait=False)
+    assert got.wait_for(lambda: len(got.chunks) >= 1, timeout=10), got.events
+    # when the source goes away (every later connect fails)
+    for item in folder.iterdir():
+        item.unlink()
+    seen = len(got.events)
+
+    def failed_connects() -> int:
+        return sum(e.status is StreamStatus.RECONNECTING for e in got.events[seen:])
+
+    # then it keeps reconnecting, well past the first-connect limit, until stopped
+    assert got.wait_for(lambda: failed_connects() >= 4 or got.final is not None, timeout=10), got.events
+    assert got.final is None and ingest.status is StreamStatus.RECONNECTING, got.events[-1]
+    ingest.stop()
+    assert ingest.join(5)
+    assert got.final.status is StreamStatus.STOPPED
