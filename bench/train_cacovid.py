@@ -212,19 +212,8 @@ def run(config: TrainConfig, vlm: Any = None, progress: bool = True) -> dict:
     policy = build_policy(vlm)
     opt, sched = _optim(policy, config)
     gen = torch.Generator().manual_seed(config.seed)
-    state: dict[str, Any] = {"step": 0, "next_seed": config.train_seed, "train": [], "heldout": []}
     ckpt = work / "checkpoint.pt"
-    if config.resume and ckpt.is_file():
-        blob = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if blob["config"] == _config_json(config):
-            policy.load_state_dict(blob["policy"])
-            opt.load_state_dict(blob["optimizer"])
-            sched.load_state_dict(blob["scheduler"])
-            gen.set_state(blob["generator"])
-            state = blob["state"]
-            log.info("resumed from %s at step %d", ckpt, state["step"])
-        else:
-            log.warning("ignoring %s: it was made with another configuration", ckpt)
+    state = _resume(ckpt, config, policy, opt, sched, gen)
     t0 = time.perf_counter()
     heldout = heldout_samples(vlm, config)
     scorer = PolicyScorer(policy)
@@ -241,8 +230,9 @@ def run(config: TrainConfig, vlm: Any = None, progress: bool = True) -> dict:
         if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
             state["heldout"].append([state["step"], evaluate(vlm, "cacovid", heldout, config.eval_rates, scorer)])
         if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
-            torch.save({"config": _config_json(config), "policy": policy.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "generator": gen.get_state(), "state": state}, ckpt)
+            blob = {"policy": policy.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(), "state": state, "config": _config_json(config)}
+            torch.save(blob, ckpt)
         bar.update(stats, state["heldout"][-1][1])
     bar.close()
     summary = {
@@ -255,6 +245,24 @@ def run(config: TrainConfig, vlm: Any = None, progress: bool = True) -> dict:
     (work / "curve.json").write_text(json.dumps(summary, indent=1))
     plot_curves({"cacovid": summary}, work / "curve.png")
     return summary
+
+
+def _resume(ckpt: Path, config: TrainConfig, policy: CompressionPolicy, opt: torch.optim.Optimizer, sched: Any,
+            gen: torch.Generator) -> dict[str, Any]:
+    """Load policy, optimiser, schedule, sampler RNG and progress from ``ckpt`` when it matches ``config``."""
+    state: dict[str, Any] = {"step": 0, "next_seed": config.train_seed, "train": [], "heldout": []}
+    if not (config.resume and ckpt.is_file()):
+        return state
+    blob = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if blob["config"] != _config_json(config):
+        log.warning("ignoring %s: it was made with another configuration", ckpt)
+        return state
+    policy.load_state_dict(blob["policy"])
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    gen.set_state(blob["generator"])
+    log.info("resumed from %s at step %d", ckpt, blob["state"]["step"])
+    return blob["state"]
 
 
 def _record(step: int, stats: StepStats) -> dict:
