@@ -6,6 +6,7 @@ Each command builds the one Settings object (``VIDMEM_*`` variables) and passes 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -63,52 +64,61 @@ def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
     return runtime
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="API host")] = None,
-    port: Annotated[int | None, typer.Option(help="API port")] = None,
-) -> None:
-    """API + ingest + one worker in one process tree (embedded mode by default)."""
-    import uvicorn
+HostOption = Annotated[str | None, typer.Option(help="API host")]
+PortOption = Annotated[int | None, typer.Option(help="API port")]
 
-    from api.main import create_app
-    from vidmem.processes import WorkerProcess
+
+def _api_runtime(host: str | None, port: int | None):  # type: ignore[no-untyped-def]
+    """Settings, a checked runtime and the Celery app that the API enqueues through."""
     from workers.app import create_celery
-    from workers.dispatch import recover_unfinished
-    from workers.ingest_manager import IngestManager
 
     setup_logging()
     settings = load_settings(api_host=host, api_port=port)
     runtime = _runtime(settings)
     create_celery(settings)
-    worker = WorkerProcess(settings, on_restart=lambda: recover_unfinished(runtime))
+    return runtime
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _run_api(runtime) -> None:  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = runtime.settings
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; turn that into an
+    # exception so the caller's clean-up (stopping ingest and the worker) still runs.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port, log_level="info")
+
+
+@app.command()
+def serve(host: HostOption = None, port: PortOption = None) -> None:
+    """API + ingest + one worker in one process tree (embedded mode by default)."""
+    from vidmem.processes import WorkerProcess
+    from workers.dispatch import recover_unfinished
+    from workers.ingest_manager import IngestManager
+
+    runtime = _api_runtime(host, port)
+    worker = WorkerProcess(runtime.settings, on_restart=lambda: recover_unfinished(runtime))
     worker.start()
     manager = IngestManager(runtime)
     manager.start()
     recover_unfinished(runtime)
     try:
-        uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port, log_level="info")
+        _run_api(runtime)
     finally:
         manager.stop()
         worker.stop()
 
 
 @app.command()
-def api(
-    host: Annotated[str | None, typer.Option(help="API host")] = None,
-    port: Annotated[int | None, typer.Option(help="API port")] = None,
-) -> None:
+def api(host: HostOption = None, port: PortOption = None) -> None:
     """Only the HTTP API (distributed mode)."""
-    import uvicorn
-
-    from api.main import create_app
-    from workers.app import create_celery
-
-    setup_logging()
-    settings = load_settings(api_host=host, api_port=port)
-    runtime = _runtime(settings)
-    create_celery(settings)
-    uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port, log_level="info")
+    _run_api(_api_runtime(host, port))
 
 
 @app.command()
