@@ -27,6 +27,7 @@ from compression.tokens import TokenSet, pack_header, unpack_header
 
 MAGIC = b"VMMEM1"
 HELD_DTYPE = torch.float16  # features are held as they are serialised
+JOIN_BELOW_ELEMENTS = 1 << 16  # feature parts smaller than this (in all) are joined by one copy (128 KiB in fp16)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,10 +49,13 @@ class Memory:
     def append(self, new: TokenSet) -> Memory:
         """Append a stage-1 TokenSet (later in time than what is held), then consolidate to budget.
 
-        The plan is computed on metadata only; held and new features are copied once, into the result.
+        The plan is computed on metadata only; held and new features are copied once, into the result
+        (small memories are first joined into one tensor: one small copy costs less than many small ops).
         """
         device = new.features.device if len(new) else self.tokens.features.device
-        held = [self._held(self.tokens).to(device)] if len(self.tokens) else []  # a loaded memory is on the CPU
+        held = [self._held(self.tokens)] if len(self.tokens) else []
+        if held and held[0].features.device != device:
+            held = [held[0].to(device)]  # a memory loaded from bytes is on the CPU
         parts = [p for p in [*held, self._held(new)] if len(p)]
         if len(parts) == 2 and float(parts[1].time.min()) < float(parts[0].time.max()):
             joined = TokenSet.concat(parts)  # out of order (rare): reorder, forget cached similarities
@@ -60,8 +64,7 @@ class Memory:
             parts = [joined]
         if not parts:
             return replace(self, chunks_applied=self.chunks_applied + 1)
-        meta = TokenSet.concat([replace(p, features=p.features[:, :0]) for p in parts])
-        tokens, n_merged, n_evicted = consolidate(meta, Rows(tuple(p.features for p in parts)), self.budget_tokens)
+        tokens, n_merged, n_evicted = consolidate(*join_parts(parts), self.budget_tokens)
         return replace(
             self, tokens=tokens, chunks_applied=self.chunks_applied + 1,
             tokens_seen=self.tokens_seen + len(new), tokens_merged=self.tokens_merged + n_merged,
@@ -131,6 +134,8 @@ class Rows:
     def take(self, idx: Tensor) -> Tensor:
         """Rows at ascending ``idx`` [M] -> [M, D], copied once."""
         first = self.parts[0]
+        if len(self.parts) == 1:
+            return first.index_select(0, idx)
         out = torch.empty(len(idx), first.shape[1], dtype=first.dtype, device=first.device)
         bounds = torch.searchsorted(idx, self.offsets).tolist()
         for part, base, a, b in zip(self.parts, self.offsets.tolist(), bounds, bounds[1:], strict=False):
@@ -148,6 +153,17 @@ class Rows:
         return out
 
 
+def join_parts(parts: list[TokenSet], join_below: int = JOIN_BELOW_ELEMENTS) -> tuple[TokenSet, Rows]:
+    """Time-ordered parts as (metadata, feature rows) for :func:`consolidate`. Parts holding fewer than
+    ``join_below`` feature elements in all are joined by one copy (cheaper than many small ops); larger
+    ones are read in place, so held features are copied only once, into the result."""
+    if len(parts) == 1 or sum(p.features.numel() for p in parts) < join_below:
+        joined = TokenSet.concat(parts)
+        return joined, Rows((joined.features,))
+    meta = TokenSet.concat([replace(p, features=p.features[:, :0]) for p in parts])
+    return meta, Rows(tuple(p.features for p in parts))
+
+
 def consolidate(meta: TokenSet, rows: Rows, budget: int) -> tuple[TokenSet, int, int]:
     """Bring K time-ordered tokens (metadata ``meta``, features ``rows``) to at most ``budget``.
 
@@ -163,13 +179,15 @@ def consolidate(meta: TokenSet, rows: Rows, budget: int) -> tuple[TokenSet, int,
     live = torch.arange(early, k, device=meta.time.device)
     plan = plan_merges(meta.gather(live), lambda i: rows.at(live[i]), len(live) - budget) if early else \
         plan_merges(meta, rows.at, k - budget)
-    slots = torch.arange(len(live), device=live.device)
+    slots = live - early
     keep = torch.nonzero(plan.target == slots, as_tuple=True)[0]
     late = max(0, len(keep) - budget)
     keep = keep[late:]
-    out = meta.gather(live[keep])
-    out = replace(out, features=rows.take(live[keep]), side={
-        **out.side, "t_start": plan.t_start[keep], "next_sim": plan.next_sim[keep]})
+    picked = live[keep] if early else keep  # live is the identity when nothing was evicted early
+    fresh = {"t_start": plan.t_start[keep], "next_sim": plan.next_sim[keep]}
+    side = {key: fresh[key] if key in fresh else v[picked] for key, v in meta.side.items()} | fresh
+    out = TokenSet(rows.take(picked), meta.time[picked], meta.frame[picked], meta.row[picked], meta.col[picked],
+                   meta.size[picked], side, meta.grid)
     if len(keep) and plan.dst.numel():
         slot = torch.searchsorted(keep, plan.dst).clamp_max(len(keep) - 1)
         alive = keep[slot] == plan.dst  # merged groups whose representative was not evicted
@@ -205,28 +223,34 @@ def plan_merges(meta: TokenSet, rows_at: Callable[[Tensor], Tensor], count: int)
     t_start = meta.side.get("t_start", meta.time)
     next_sim = meta.side.get("next_sim", meta.time.new_full((k,), float("nan"), dtype=torch.float32)).clone()
     order = stable_argsort(meta.position)  # [K] grouped by position, time order inside a position
-    same = meta.position[order[1:]] == meta.position[order[:-1]]  # [K-1] edge exists
+    by_position = meta.position[order]
+    same = by_position[1:] == by_position[:-1]  # [K-1] edge exists
     edges = torch.nonzero(same, as_tuple=True)[0]
     target = slots.clone()
     if count > 0 and edges.numel():
-        sim = next_sim[order[edges]]  # [E] cos(token, its next at the same position)
+        token, later = order[edges], order[edges + 1]  # [E] each edge's token and its next at the same position
+        sim = next_sim[token]  # [E] cos(token, later)
         stale = torch.nonzero(torch.isnan(sim), as_tuple=True)[0]
         if stale.numel():
-            pairs = rows_at(torch.cat([order[edges[stale]], order[edges[stale] + 1]]))  # [2S, D]
-            sim[stale] = cosine_rows(pairs[: stale.numel()], pairs[stale.numel() :])
-            next_sim[order[edges[stale]]] = sim[stale]
-        chosen = edges[torch.topk(sim, min(count, edges.numel())).indices]
+            stale_token = token[stale]
+            pairs = rows_at(torch.cat([stale_token, later[stale]]))  # [2S, D]
+            fresh = cosine_rows(pairs[: stale.numel()], pairs[stale.numel() :])
+            sim[stale] = fresh
+            next_sim[stale_token] = fresh
+        top = torch.topk(sim, min(count, edges.numel())).indices  # [C] chosen edges, as indices into edges
+        chosen = edges[top]
         forward = torch.zeros(k, dtype=torch.bool, device=slots.device)
         forward[chosen] = True  # sorted slot j merges into slot j+1 when forward[j]
         tail = torch.flip(torch.cummin(torch.flip(torch.where(forward, k, slots), [0]), 0).values, [0])
         target[order] = order[tail]  # every run ends in its latest token
         before = chosen[chosen > 0] - 1
         next_sim[order[before[same[before]]]] = float("nan")  # their next token changed
-        next_sim[order[chosen + 1]] = float("nan")  # merged tokens' features changed
+        next_sim[later[top]] = float("nan")  # merged tokens' features changed
     src = torch.nonzero(target != slots, as_tuple=True)[0]
     dst, inverse = torch.unique(target[src], return_inverse=True)
     w = meta.size.to(torch.float32)
-    both = rows_at(torch.cat([dst, src])) * w[torch.cat([dst, src]), None]  # [G + S, D]
+    ids = torch.cat([dst, src])
+    both = rows_at(ids) * w[ids, None]  # [G + S, D]
     sums = both[: dst.numel()].index_add_(0, inverse, both[dst.numel() :])  # [G, D]
     sizes = w[dst].index_add(0, inverse, w[src])
     return MergePlan(target, t_start.scatter_reduce(0, target, t_start, "amin"), next_sim, dst,

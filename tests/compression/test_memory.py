@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from compression.memory import Memory, merge_temporal_neighbours
+from compression.memory import Memory, consolidate, join_parts, merge_temporal_neighbours
 from compression.tokens import TokenBlock, TokenSet
 from tests.compression.helpers import assert_aligned, assert_same_tokens, synthetic_block
 
@@ -115,3 +115,21 @@ def test_merge_temporal_neighbours_when_asked_for_more_merges_than_edges_then_st
     merged = merge_temporal_neighbours(tokens, 1000)
     assert len(merged) == 16 and float(merged.size.sum()) == 48.0
     assert sorted(merged.position.tolist()) == list(range(16))
+
+
+def test_consolidate_when_features_are_read_in_place_or_joined_first_then_results_are_identical():
+    # given a stream of chunks consolidated twice: features read from the held and new tensors in place
+    # (what large memories do) and joined into one tensor first (what small memories do)
+    in_place = joined = Memory(24)._held(_chunk(0))
+    for i in range(1, 40):
+        new = Memory._held(_chunk(i))
+        outs = []
+        for held, join_below in ((in_place, 0), (joined, 1 << 30)):
+            meta, rows = join_parts([held, new], join_below=join_below)
+            assert len(rows.parts) == (2 if join_below == 0 else 1)
+            outs.append(consolidate(meta, rows, 24))
+        # then every step merges and evicts the same tokens into the same features
+        (in_place, *counts_a), (joined, *counts_b) = outs
+        assert counts_a == counts_b, f"chunk {i}: merged/evicted {counts_a} != {counts_b}"
+        assert_same_tokens(in_place, joined)
+        assert len(in_place) <= 24
