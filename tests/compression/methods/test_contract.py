@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -152,6 +153,8 @@ def test_stage2_method_when_selecting_then_sizes_are_conserved_or_dropped_never_
 def test_every_method_when_built_then_declares_its_params_and_stages(name):
     info = method_info(name)
     assert set(info.stages) <= {1, 2} and info.stages
+    assert dataclasses.is_dataclass(info.cls.Params), f"{name} declares no Params dataclass"
     instance = build_method(name, **build_objects(name))
+    assert isinstance(instance.params, info.cls.Params), f"{name} does not keep its built Params"
     for stage in info.stages:
         assert hasattr(instance, "update" if stage == 1 else "select"), f"{name} misses its stage-{stage} API"

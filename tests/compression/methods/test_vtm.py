@@ -43,6 +43,9 @@ def test_vtm_motion_when_some_tokens_move_then_they_become_targets_and_stay_unme
     block = replace(block, side={"motion": motion})
     targets, _ = _targets("vtm:target=motion", block)
     assert int(targets.sum()) == 12 and bool(targets[36:48].all()), "moving tokens must be the targets"
+    _, out = build_method("vtm:target=motion").update({}, block)
+    kept = set(zip(out.frame.tolist(), out.position.tolist(), strict=True))
+    assert {(1, p) for p in range(12)} <= kept, "targets are representatives: none is merged away"
     with pytest.raises(ValueError, match="motion"):
         _targets("vtm:target=motion", replace(block, side={}))
 
