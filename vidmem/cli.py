@@ -129,6 +129,10 @@ def worker(loglevel: str = "INFO", hostname: str | None = None) -> None:
     setup_logging(loglevel)
     settings = load_settings()
     runtime = _runtime(settings)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     runtime.model  # noqa: B018 - load before announcing "ready", so the first chunk is not slow
     app = create_celery(settings)
     app.vidmem_runtime = runtime  # type: ignore[attr-defined]

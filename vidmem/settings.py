@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     model: str = Field(DEFAULT_MODEL, description="'vidmem-tiny', 'tiny-random', a hub id or a local folder")
     device: str = "auto"
     dtype: str = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads per worker; unset: torch's default")
     max_new_tokens: int = Field(16, ge=1, le=512)
 
     stage1: str = Field("uniform:ratio=0.5", description="query-agnostic compression at ingest")
