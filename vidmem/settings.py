@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     sample_fps: float = Field(1.0, gt=0)
     frame_size: int = Field(384, ge=16, description="ingest resizes frames once to this square side")
     stall_seconds: float = Field(10.0, gt=0, description="no frame for this long: reconnect")
+    first_connect_retries: int | None = Field(
+        5, ge=1, description="a source that never delivered a frame fails after this many tries; unset: never"
+    )
     max_pending_chunks: int = Field(8, ge=1, description="per stream; older unprocessed chunks are dropped")
     blob_ttl_seconds: int = Field(3600, ge=1)
 

@@ -26,6 +26,7 @@ def ingest_config(settings: Settings, *, loop: bool = False) -> IngestConfig:
         queue_chunks=settings.max_pending_chunks, rtsp_transport=settings.rtsp_transport,
         open_timeout_s=settings.open_timeout_s, skip=SkipMode(settings.decode_skip),
         export_motion=settings.wants_motion, ice_hosts=tuple(settings.ice_hosts),
+        first_connect_retries=settings.first_connect_retries,
     )
 
 

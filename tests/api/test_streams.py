@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
+from workers.ingest_manager import IngestManager
+
 
 def test_create_stream_when_file_exists_returns_201_connecting(client, video_file):
     response = client.post("/streams", json={"source": str(video_file), "name": "door"})
@@ -71,3 +76,23 @@ def test_metrics_when_a_stream_has_questions_exposes_its_counts(client, stream_i
     assert f'vidmem_stream_up{{stream="{stream_id}",status="connecting"}} 1' in text
     assert f'vidmem_questions{{stream="{stream_id}",status="queued"}} 1' in text
     assert f'vidmem_chunks{{stream="{stream_id}",status="pending"}} 0' in text
+
+
+def test_stream_when_source_never_answers_becomes_failed_with_reason(client, runtime):
+    with socket.socket() as sock:  # a port nobody listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    runtime.settings.first_connect_retries = 2
+    stream_id = client.post("/streams", json={"source": f"rtsp://127.0.0.1:{port}/cam"}).json()["id"]
+    manager = IngestManager(runtime, poll_seconds=0.1)
+    manager.start()
+    try:
+        deadline = time.monotonic() + 30
+        while client.get(f"/streams/{stream_id}").json()["status"] != "failed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        manager.stop()
+
+    body = client.get(f"/streams/{stream_id}").json()
+    assert body["status"] == "failed", body
+    assert "could not connect after 2 tries" in body["status_reason"]
