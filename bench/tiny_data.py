@@ -109,7 +109,7 @@ class BatchPlan:
 
 
 def batch_plans(
-    clips_per_batch: int, sizes: tuple[int, ...], long_share: float = 0.15, seed: int = 0
+    clips_per_batch: int, sizes: tuple[int, ...], long_share: float = 0.15, seed: int = 0, max_frames: int = 16
 ) -> Iterator[BatchPlan]:
     """Endless training plans; within a batch all clips share frame count and times (same prompt prefix)."""
     rng = np.random.default_rng([seed, 5])
@@ -121,7 +121,7 @@ def batch_plans(
         if rng.random() < long_share:
             yield BatchPlan(seeds, "long", LONG_FRAMES, 0.0, size)
             continue
-        frames = int(rng.integers(4, 17))
+        frames = int(rng.integers(4, max_frames + 1))
         t0 = float(rng.integers(0, 900)) if rng.random() < 0.5 else 0.0
         yield BatchPlan(seeds, "short", frames, t0, size)
 

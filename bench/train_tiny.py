@@ -46,6 +46,7 @@ class TinyConfig:
     clips_per_batch: int = 6
     sizes: tuple[int, ...] = (96, 112, 128)
     long_share: float = 0.15
+    max_frames: int = 16  # short clips have 4..max_frames frames
     captions: bool = True  # also teacher-force free-text clip descriptions (dense grounding signal)
     lr: float = 2e-3
     warmup: int = 60
@@ -232,7 +233,9 @@ def run(cfg: TinyConfig) -> dict:
     adapter = adapter_for(model, tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     state = load_checkpoint(cfg, model, opt)
-    plans = itertools.islice(batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed), state.step, None)
+    plans = itertools.islice(
+        batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed, cfg.max_frames), state.step, None
+    )
     heldout = heldout_clips(cfg.heldout_clips, size=128)
     _train_loop(cfg, adapter, opt, state, plans, heldout)
     metrics = evaluate(adapter, heldout)
