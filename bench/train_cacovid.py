@@ -10,7 +10,7 @@ checkpoints, and the ablations (grouped vs top-k + noise sampling, with/without 
 
 Run::
 
-    vidmem train cacovid --model models/vidmem-tiny             # default settings, < 60 min on 2 cores
+    vidmem train cacovid --model models/vidmem-tiny             # defaults: ~0.5-1 s per sample on 2 cores
     vidmem train cacovid --model tiny-random --steps 4 --heldout 4   # smoke run
     vidmem train cacovid --ablate --steps 60                     # three variants, one curve each
     vidmem train cacovid --ablate --toy --steps 120              # the same on the pure-torch toy reward
@@ -52,9 +52,9 @@ class TrainConfig:
     model: str = "models/vidmem-tiny"
     out: str = "models/policies/cacovid-vidmem-tiny.pt"
     work_dir: str = "vidmem-data/train-cacovid"
-    steps: int = 150  # training samples (one global step = inner_iters optimiser steps)
-    heldout: int = 8  # held-out clips (all their questions)
-    eval_every: int = 25
+    steps: int = 600  # training samples (one global step = inner_iters optimiser steps)
+    heldout: int = 24  # held-out clips (all their questions)
+    eval_every: int = 50
     eval_rates: tuple[float, ...] = (0.05, 0.10)  # held-out reward: the cacovid stage-2 rule at these retentions
     frame_size: int = 128  # rendered frame size (bench/accuracy's default)
     train_seed: int = 5_000_000  # clip seeds train_seed + i: apart from vidmem-tiny's and bench/accuracy's

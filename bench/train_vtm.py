@@ -51,9 +51,9 @@ class VTMConfig:
     model: str = "models/vidmem-tiny"
     out: str = "models/policies/vtm-saliency-vidmem-tiny.pt"
     work_dir: str = "vidmem-data/train-vtm"
-    steps: int = 200  # training clips (all their questions per step)
-    heldout: int = 12
-    eval_every: int = 50
+    steps: int = 600  # training clips (all their questions per step)
+    heldout: int = 24
+    eval_every: int = 100
     chunk_frames: int = 4
     frame_size: int = 128
     settings: tuple[tuple[float, float], ...] = ((6.0, 0.8), (10.0, 1.0), (20.0, 1.0))  # (gamma, merge_ratio)
