@@ -64,7 +64,7 @@ class VTMConfig:
     train_seed: int = 6_000_000
     heldout_seed: int = 80_000
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # one torch thread: the 2-core machine is shared (2 threads under contention crawl)
     device: str = "auto"
     checkpoint_every: int = 25
     resume: bool = True
