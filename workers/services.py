@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from compression.memory import Memory
 from compression.registry import SelectContext, build_method
+from compression.tokens import TokenBlock
 from store import repo
 from store.blobs import unpack_frames
 from store.db import session_scope
@@ -130,13 +132,20 @@ def _compress_into_memory(rt: Runtime, current: StreamMemory, blob: bytes, seq: 
     return updated, figures
 
 
-def _with_motion(block, motion):  # type: ignore[no-untyped-def]
-    """Resample the ingest's per-block motion magnitudes [F, h, w] onto the token grid [F, N]."""
-    from dataclasses import replace
+def _with_motion(block: TokenBlock, motion: np.ndarray) -> TokenBlock:
+    """The ingest's motion magnitudes [F, h, w] on the token grid, as ``side["motion"]`` [F', N].
 
+    Families whose token frame spans several video frames (Qwen: a temporal patch of 2) average them.
+    """
     rows, cols = block.grid
-    grid = torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(motion, dtype=torch.float32)[:, None], (rows, cols))
-    return replace(block, side={**block.side, "motion": grid.reshape(grid.shape[0], rows * cols)})
+    frames = block.features.shape[0]
+    grids = torch.as_tensor(motion, dtype=torch.float32)
+    per = -(-grids.shape[0] // frames)  # video frames per token frame
+    if grids.shape[0] != per * frames:  # pad with the last frame so the groups are even
+        grids = torch.cat([grids, grids[-1:].expand(per * frames - grids.shape[0], -1, -1)])
+    grids = grids.reshape(frames, per, *grids.shape[1:]).mean(1)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(grids[:, None], (rows, cols)).reshape(frames, rows * cols)
+    return replace(block, side={**block.side, "motion": pooled.to(block.features.device)})
 
 
 def _finish_chunk(rt: Runtime, stream_id: str, seq: int, status: str, **figures) -> None:  # type: ignore[no-untyped-def]

@@ -75,3 +75,20 @@ def test_answer_question_twice_answers_once(runtime, stream_with_chunks):
     with session_scope(runtime.sessions) as session:
         question = repo.get_question(session, question_id)
         assert question.attempts == 1 and question.visual_tokens_before == question.visual_tokens_after > 0
+
+
+def test_apply_chunk_when_motion_merging_is_configured_uses_the_ingest_motion(runtime):
+    runtime.settings.stage1 = "vtm:target=motion"
+    images = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    motion = np.zeros((3, 4, 4), np.float32)
+    motion[:, :2] = 5.0  # the top half moves
+    with session_scope(runtime.sessions) as session:
+        stream_id = repo.create_stream(session, name="cam", source_url="rtsp://127.0.0.1/x").id
+        runtime.blobs.put("m0", pack_frames(images, np.array([0.0, 0.5, 1.0]), motion))
+        repo.create_chunk(session, stream_id=stream_id, seq=0, t_start=0, t_end=1.5, num_frames=3, blob_key="m0")
+
+    assert services.apply_chunk(runtime, stream_id, 0) == "applied"
+
+    with session_scope(runtime.sessions) as session:
+        chunk = repo.get_chunk(session, stream_id=stream_id, seq=0)
+        assert 0 < chunk.tokens_out < chunk.tokens_in, "vtm merged some tokens"
