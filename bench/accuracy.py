@@ -49,6 +49,7 @@ class AccuracyConfig:
     chunk_frames: int = 4
     frame_size: int = 128
     out_dir: str = "bench-results/accuracy"
+    policies_dir: str = "models/policies"  # trained CaCoVID policy and VTM saliency, when shipped
     threads: int = 1
     dtype: str = "auto"
 
@@ -140,8 +141,22 @@ def eval_stage2(model, row: Row, prepared: list[Prepared]) -> None:  # type: ign
             row.scored.append(score(model, q, kept))
 
 
+def learned_artefacts(cfg: AccuracyConfig) -> dict[str, str]:
+    """Spec parameters of the learned methods whose trained files exist for this model."""
+    model = Path(cfg.model).name
+    found = {}
+    policy = Path(cfg.policies_dir) / f"cacovid-{model}.pt"
+    if policy.exists():
+        found["cacovid"] = f"policy_path={policy}"
+    saliency = Path(cfg.policies_dir) / f"vtm-saliency-{model}.pt"
+    if saliency.exists():
+        found["vtm-learnable"] = f"target=learnable,saliency_path={saliency}"
+    return found
+
+
 def plan_rows(cfg: AccuracyConfig, calib: list[Prepared]) -> list[Row]:
     names = cfg.methods or tuple(n for n in list_methods() if n not in SKIP)
+    learned = learned_artefacts(cfg)
     rows = []
     for name in names:
         for stage in method_info(name).stages:
@@ -151,7 +166,11 @@ def plan_rows(cfg: AccuracyConfig, calib: list[Prepared]) -> list[Row]:
                 except Exception as exc:  # noqa: BLE001 - a method that cannot be set up is reported, not fatal
                     rows.append(Row(name, stage, r, name, error=f"{type(exc).__name__}: {exc}"))
                     continue
+                if stage == 2 and name in learned:
+                    spec = f"{name}:{learned[name]}"
                 rows.append(Row(name, stage, r, spec))
+                if stage == 1 and name == "vtm" and "vtm-learnable" in learned:
+                    rows.append(Row("vtm-learnable", 1, r, f"{spec},{learned['vtm-learnable']}"))
     return rows
 
 
