@@ -22,6 +22,8 @@ def model_card(cfg: Any, state: Any, metrics: dict[str, dict[str, float]]) -> st
         if getattr(cfg, "captions", False)
         else ""
     )
+    curriculum = getattr(cfg, "curriculum_steps", 0)
+    gain = getattr(getattr(cfg, "arch", None), "projector_gain", 1.0)
     return f"""# vidmem-tiny
 
 A small LLaVA-OneVision-architecture Video LLM (`LlavaOnevisionForConditionalGeneration`: SigLIP
@@ -39,6 +41,9 @@ Load: `vlm.load_model("models/vidmem-tiny")` (or the setting `VIDMEM_MODEL=vidme
   and end-of-turn token){captions}
 - data: short clips (4-16 frames at 1 fps, random start second) and long-span clips (16 frames every
   15 s over 4 minutes, share {cfg.long_share}); rendered at {list(cfg.sizes)} px and resized by the adapter
+- curriculum: the first {curriculum} steps use clips of at most 4 frames (no long-span ones), the
+  next as many ramp the frame limit up (0: none)
+- projector output-layer init gain: {gain} (visual tokens at the text-embedding scale)
 - training seeds: >= {TRAIN_SEED_BASE}; held-out seeds: below {HELDOUT_SEED_LIMIT} (never trained on)
 - prompt: exactly the vlm adapter's (`build_prompt`, with per-frame timestamps)
 

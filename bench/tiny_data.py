@@ -9,6 +9,7 @@ Seeds: training clips use seeds >= ``TRAIN_SEED_BASE``; held-out sets use seeds 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -109,19 +110,31 @@ class BatchPlan:
 
 
 def batch_plans(
-    clips_per_batch: int, sizes: tuple[int, ...], long_share: float = 0.15, seed: int = 0, max_frames: int = 16
+    clips_per_batch: int,
+    sizes: tuple[int, ...],
+    long_share: float = 0.15,
+    seed: int = 0,
+    max_frames: int = 16,
+    curriculum_steps: int = 0,
 ) -> Iterator[BatchPlan]:
-    """Endless training plans; within a batch all clips share frame count and times (same prompt prefix)."""
+    """Endless training plans; within a batch all clips share frame count and times (same prompt prefix).
+
+    Curriculum: during the first ``curriculum_steps`` plans the clips have at most 4 frames and no
+    long-span clips are drawn (cheap steps that teach single-frame grounding first); over the next
+    ``curriculum_steps`` plans the frame limit ramps linearly up to ``max_frames``."""
     rng = np.random.default_rng([seed, 5])
     next_seed = TRAIN_SEED_BASE + seed * 10_000_000
-    while True:
+    for index in itertools.count():
+        warm = curriculum_steps > 0 and index < curriculum_steps
+        ramp = min(1.0, (index - curriculum_steps) / curriculum_steps) if curriculum_steps and not warm else 1.0
+        top = min(max_frames, 4) if warm else int(round(min(4, max_frames) + ramp * (max_frames - min(4, max_frames))))
         seeds = tuple(range(next_seed, next_seed + clips_per_batch))
         next_seed += clips_per_batch
         size = int(rng.choice(sizes))
-        if rng.random() < long_share:
+        if rng.random() < long_share and not warm:
             yield BatchPlan(seeds, "long", LONG_FRAMES, 0.0, size)
             continue
-        frames = int(rng.integers(4, max_frames + 1))
+        frames = int(rng.integers(min(4, top), top + 1))
         t0 = float(rng.integers(0, 900)) if rng.random() < 0.5 else 0.0
         yield BatchPlan(seeds, "short", frames, t0, size)
 

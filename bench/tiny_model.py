@@ -37,6 +37,11 @@ class Arch:
     heads: int = 4
     kv_heads: int = 2
     vocab_size: int = 384
+    # init gain of the projector's output layer: the stock 0.02-std init makes projected visual tokens
+    # ~0.04 in norm against ~0.23 for text embeddings, and the LLM then ignores them (measured: a 1-frame
+    # "name the object in view" caption stays near its prior with gain 1, reaches 85% first-token accuracy
+    # in 300 steps with gain 10)
+    projector_gain: float = 10.0
 
 
 def _corpus() -> list[str]:
@@ -116,7 +121,10 @@ def build_model(
     )
     torch.manual_seed(seed)
     config._attn_implementation = "sdpa"
-    return LlavaOnevisionForConditionalGeneration(config)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    with torch.no_grad():
+        model.model.multi_modal_projector.linear_2.weight.mul_(arch.projector_gain)
+    return model
 
 
 def save_preprocessor(folder: Path, image_size: int) -> None:

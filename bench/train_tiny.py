@@ -51,6 +51,7 @@ class TinyConfig:
     lr: float = 2e-3
     warmup: int = 60
     weight_decay: float = 0.01
+    curriculum_steps: int = 0  # the first steps use short clips (4 frames, no long-span ones), then ramp up
     heldout_clips: int = 48
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 50
@@ -234,7 +235,9 @@ def run(cfg: TinyConfig) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     state = load_checkpoint(cfg, model, opt)
     plans = itertools.islice(
-        batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed, cfg.max_frames), state.step, None
+        batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed, cfg.max_frames, cfg.curriculum_steps),
+        state.step,
+        None,
     )
     heldout = heldout_clips(cfg.heldout_clips, size=128)
     _train_loop(cfg, adapter, opt, state, plans, heldout)

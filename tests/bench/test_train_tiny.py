@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.tiny_data import BatchPlan, short_clip
+from bench.tiny_data import BatchPlan, batch_plans, short_clip
 from bench.tiny_model import Arch, build_model, build_tokenizer, letter_ids
 from bench.train_tiny import TinyConfig, adapter_for, encode_batch, forward_batch, run
 from vlm.loader import load_model
@@ -62,3 +63,9 @@ def test_batch_plan_when_rendered_then_clips_share_times() -> None:
     clips = plan.render()
     assert all((c.times == clips[0].times).all() for c in clips)
     assert clips[0].frames.shape == (6, 48, 48, 3)
+
+
+def test_batch_plans_when_curriculum_then_short_clips_first_and_full_range_later() -> None:
+    plans = list(itertools.islice(batch_plans(1, (32,), long_share=0.5, max_frames=16, curriculum_steps=20), 200))
+    assert all(p.regime == "short" and p.frames <= 4 for p in plans[:20])
+    assert max(p.frames for p in plans[40:]) > 8 and any(p.regime == "long" for p in plans[40:])
