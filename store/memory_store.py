@@ -8,6 +8,7 @@ order whichever worker runs it: a writer that lost the race gets ``False`` and r
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pickle
 from contextlib import contextmanager
@@ -29,13 +30,23 @@ class MemoryRecord:
         return len(self.memory)
 
 
+@dataclass(frozen=True)
+class MemorySize:
+    """What the API shows of a memory, read without loading the memory itself."""
+
+    version: int
+    tokens: int
+    nbytes: int
+
+
 class MemoryStore(Protocol):
     def load(self, stream_id: str) -> MemoryRecord | None: ...
+    def size(self, stream_id: str) -> MemorySize | None: ...
     def save(self, stream_id: str, record: MemoryRecord, *, expected_version: int) -> bool: ...
 
 
 class LocalMemoryStore:
-    """One file per stream, written atomically under an exclusive file lock."""
+    """One file per stream plus a small sidecar with its size, both written atomically under a file lock."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -59,20 +70,33 @@ class LocalMemoryStore:
             return None
         return pickle.loads(path.read_bytes())  # noqa: S301 - our own files
 
+    def _size(self, stream_id: str) -> MemorySize | None:
+        path = self.root / f"{stream_id}.size"
+        return MemorySize(**json.loads(path.read_text())) if path.exists() else None
+
     def load(self, stream_id: str) -> MemoryRecord | None:
         with self._locked(stream_id):
             return self._read(stream_id)
 
+    def size(self, stream_id: str) -> MemorySize | None:
+        with self._locked(stream_id):
+            return self._size(stream_id)
+
     def save(self, stream_id: str, record: MemoryRecord, *, expected_version: int) -> bool:
         with self._locked(stream_id):
-            current = self._read(stream_id)
+            current = self._size(stream_id)  # the version check needs no unpickling
             if (current.version if current else 0) != expected_version:
                 return False
-            path = self._path(stream_id)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(pickle.dumps(record))
-            os.replace(tmp, path)
+            size = MemorySize(record.version, record.tokens, record.nbytes)
+            _write_atomic(self._path(stream_id), pickle.dumps(record))
+            _write_atomic(self.root / f"{stream_id}.size", json.dumps(size.__dict__).encode())
             return True
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 class RedisMemoryStore:
@@ -90,6 +114,12 @@ class RedisMemoryStore:
             version=int(raw[b"version"]), last_seq=int(raw[b"last_seq"]), memory=raw[b"memory"],
             state=raw[b"state"], tokens=int(raw.get(b"tokens", 0)),
         )
+
+    def size(self, stream_id: str) -> MemorySize | None:
+        key = self.prefix + stream_id
+        with self.client.pipeline() as pipe:  # one round trip, without fetching the memory bytes
+            (version, tokens), nbytes = pipe.hmget(key, "version", "tokens").hstrlen(key, "memory").execute()
+        return None if version is None else MemorySize(int(version), int(tokens or 0), int(nbytes))
 
     def save(self, stream_id: str, record: MemoryRecord, *, expected_version: int) -> bool:
         import redis

@@ -136,7 +136,7 @@ def _report(
         chunks = repo.chunk_counts(session, stream_id=stream_id)
         stage_ms = repo.stream_timings(session, stream_id=stream_id)
         encoded, kept = repo.stream_token_totals(session, stream_id=stream_id)
-    record = runtime.memory_store.load(stream_id)
+    size = runtime.memory_store.size(stream_id)
     answers = Table(title="answers")
     for column in ("question", "answer", "expected", "memory -> LLM tokens", "answer ms"):
         answers.add_column(column)
@@ -155,8 +155,8 @@ def _report(
     figures.add_row("chunks (applied/dropped/failed)", f"{chunks['applied']}/{chunks['dropped']}/{chunks['failed']}")
     figures.add_row("visual tokens encoded (before compression)", str(encoded))
     figures.add_row("visual tokens after stage 1", f"{kept} ({runtime.settings.stage1})")
-    figures.add_row("memory tokens (budget)", f"{record.tokens if record else 0} ({runtime.settings.memory_budget})")
-    figures.add_row("memory bytes", str(record.nbytes if record else 0))
+    figures.add_row("memory tokens (budget)", f"{size.tokens if size else 0} ({runtime.settings.memory_budget})")
+    figures.add_row("memory bytes", str(size.nbytes if size else 0))
     for stage in ("decode_ms", "encode_ms", "compress_ms"):
         figures.add_row(f"{stage.removesuffix('_ms')} ms (all chunks)", f"{stage_ms.get(stage, 0.0):.0f}")
     for stage in ("select_ms", "prefill_ms", "decode_ms"):

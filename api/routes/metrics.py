@@ -35,9 +35,9 @@ def metrics(session: SessionDep, runtime: RuntimeDep) -> str:
                 lines.append(_line(f"ingest_{counter}", labels, value))
         for status, count in repo.chunk_counts(session, stream_id=stream.id).items():
             lines.append(_line("chunks", {**labels, "status": status}, count))
-        record = runtime.memory_store.load(stream.id)
-        lines.append(_line("memory_tokens", labels, record.tokens if record else 0))
-        lines.append(_line("memory_bytes", labels, record.nbytes if record else 0))
+        size = runtime.memory_store.size(stream.id)
+        lines.append(_line("memory_tokens", labels, size.tokens if size else 0))
+        lines.append(_line("memory_bytes", labels, size.nbytes if size else 0))
     for (stream_id, status), count in sorted(repo.question_counts(session).items()):
         lines.append(_line("questions", {"stream": stream_id, "status": status}, count))
     return "\n".join(lines) + "\n"

@@ -15,12 +15,12 @@ router = APIRouter(prefix="/streams", tags=["streams"])
 
 
 def to_public(session, runtime: Runtime, stream: Stream) -> StreamPublic:  # type: ignore[no-untyped-def]
-    record = runtime.memory_store.load(stream.id)
+    size = runtime.memory_store.size(stream.id)
     return StreamPublic(
         id=stream.id, name=stream.name, source=redact_url(stream.source_url), status=stream.status,
         status_reason=stream.status_reason, active=stream.active, stats=stream.stats or {},
         chunks=repo.chunk_counts(session, stream_id=stream.id),
-        memory_tokens=record.tokens if record else 0, memory_bytes=record.nbytes if record else 0,
+        memory_tokens=size.tokens if size else 0, memory_bytes=size.nbytes if size else 0,
         created_at=stream.created_at, updated_at=stream.updated_at,
     )
 

@@ -26,6 +26,15 @@ def test_save_when_version_matches_stores_the_record(store):
     assert store.load("s1") == record
 
 
+def test_size_when_saved_reports_version_tokens_and_bytes_without_loading(store):
+    assert store.size("s1") is None
+
+    store.save("s1", MemoryRecord(version=1, last_seq=0, memory=b"m" * 10, state=b"s", tokens=5), expected_version=0)
+
+    size = store.size("s1")
+    assert (size.version, size.tokens, size.nbytes) == (1, 5, 10)
+
+
 def test_save_when_another_writer_won_is_refused(store):
     store.save("s1", MemoryRecord(1, 0, b"a", b"", 1), expected_version=0)
 
