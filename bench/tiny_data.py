@@ -10,15 +10,16 @@ Seeds: training clips use seeds >= ``TRAIN_SEED_BASE``; held-out sets use seeds 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from bench.questions import Question, make_questions
-from bench.streamgen import ObjectTrack, Stream, StreamSpec
+from bench.streamgen import COLOURS, SHAPES, ObjectTrack, Stream, StreamSpec
 
 TRAIN_SEED_BASE = 1_000_000
+VISION_SEED_BASE = 500_000_000  # streams for the vision pretraining (above every question-training seed)
 HELDOUT_SEED_LIMIT = 100_000
 LONG_STEP_S = 15.0
 LONG_FRAMES = 16
@@ -31,6 +32,7 @@ class Clip:
     times: np.ndarray  # [F] seconds
     questions: list[Question]
     captions: list[tuple[str, str]]  # (request, answer text): dense auxiliary targets for training
+    tracks: tuple[ObjectTrack, ...] = ()  # the stream's objects (ground truth for the per-cell targets)
 
 
 def _names(tracks: list[ObjectTrack]) -> str:
@@ -44,11 +46,36 @@ def captions(tracks: list[ObjectTrack], times: np.ndarray) -> list[tuple[str, st
     here = sorted((t for t in seen if t.visible(now)), key=lambda t: t.position(now)[0])
     appeared = sorted((t for t in seen if first < t.t_in <= now), key=lambda t: t.t_in)
     moved = ", ".join(f"{t.name} {t.direction}" for t in sorted(seen, key=lambda t: t.t_in)) or "none"
+    when = ", ".join(f"{t.name} {_first_seen(t, times):.1f}s" for t in appeared) or "none"
     return [
         ("Name the objects in view now.", _names(here)),
         ("Name the objects that appeared, in order.", _names(appeared)),
         ("How did each object move?", moved),
+        ("When did each object appear?", when),
     ]
+
+
+def _first_seen(track: ObjectTrack, times: np.ndarray) -> float:
+    return float(times[(times >= track.t_in) & (times < track.t_out)][0])
+
+
+def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Per-frame, per-cell ground truth int64 [F, rows*cols, 2] (colour, shape; 0 = no object centre in
+    the cell, else 1 + index in COLOURS / SHAPES) for the auxiliary grounding loss of the vision side.
+
+    Labelling the centre's cell only (not every cell a shape overlaps) measured better: a cell holding a
+    corner of a shape cannot tell a square from a circle, the centre's cell with its neighbours can."""
+    rows, cols = grid
+    out = np.zeros((len(times), rows * cols, 2), dtype=np.int64)
+    colours, shapes = list(COLOURS), list(SHAPES)
+    for f, t in enumerate(times):
+        for trk in tracks:
+            if not trk.visible(float(t)):
+                continue
+            x, y = trk.position(float(t))
+            cell = min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1)
+            out[f, cell] = (1 + colours.index(trk.colour), 1 + shapes.index(trk.shape))
+    return out
 
 
 def short_spec(seed: int, seconds: float, size: int, rng: np.random.Generator) -> StreamSpec:
@@ -80,13 +107,28 @@ def long_spec(seed: int, size: int) -> StreamSpec:
 def make_clip(spec: StreamSpec, times: np.ndarray) -> Clip:
     stream = Stream(spec)
     questions = make_questions(stream.tracks, times, seed=spec.seed)
-    return Clip(spec.seed, stream.clip(times), times, questions, captions(stream.tracks, times))
+    tracks = tuple(stream.tracks)
+    return Clip(spec.seed, stream.clip(times), times, questions, captions(stream.tracks, times), tracks)
 
 
 def short_clip(seed: int, frames: int, t0: float, size: int) -> Clip:
     rng = np.random.default_rng([seed, 9])
     times = t0 + np.arange(frames, dtype=np.float64)
     return make_clip(short_spec(seed, t0 + frames, size, rng), times)
+
+
+def vision_batch(first_seed: int, count: int, size: int, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` frames, one per training stream at a random time, with their per-cell targets:
+    uint8 [count, size, size, 3] and int64 [count, rows*cols, 2] (see ``cell_targets``)."""
+    frames, targets = [], []
+    for seed in range(first_seed, first_seed + count):
+        rng = np.random.default_rng([seed, 11])
+        t = float(rng.integers(0, 120)) + float(rng.choice([0.0, 0.5]))
+        stream = Stream(short_spec(seed, t + 1.0, size, rng))
+        times = np.array([t])
+        frames.append(stream.clip(times)[0])
+        targets.append(cell_targets(stream.tracks, times, grid)[0])
+    return np.stack(frames), np.stack(targets)
 
 
 def long_clip(seed: int, size: int) -> Clip:
@@ -119,7 +161,7 @@ def batch_plans(
 ) -> Iterator[BatchPlan]:
     """Endless training plans; within a batch all clips share frame count and times (same prompt prefix).
 
-    Curriculum: during the first ``curriculum_steps`` plans the clips have at most 4 frames and no
+    Curriculum: during the first ``curriculum_steps`` plans the clips have 1 to 4 frames and no
     long-span clips are drawn (cheap steps that teach single-frame grounding first); over the next
     ``curriculum_steps`` plans the frame limit ramps linearly up to ``max_frames``."""
     rng = np.random.default_rng([seed, 5])
@@ -134,7 +176,7 @@ def batch_plans(
         if rng.random() < long_share and not warm:
             yield BatchPlan(seeds, "long", LONG_FRAMES, 0.0, size)
             continue
-        frames = int(rng.integers(min(4, top), top + 1))
+        frames = int(rng.integers(1 if warm else min(4, top), top + 1))
         t0 = float(rng.integers(0, 900)) if rng.random() < 0.5 else 0.0
         yield BatchPlan(seeds, "short", frames, t0, size)
 

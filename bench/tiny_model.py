@@ -31,7 +31,7 @@ class Arch:
     patch_size: int = 16
     vision_hidden: int = 96
     vision_layers: int = 1
-    feature_layer: int = -2  # with 1 layer: the patch + position embeddings (a Fuyu-style linear patch encoder)
+    feature_layer: int = -1  # the output of the one encoder layer (patches see each other once)
     text_hidden: int = 128
     text_layers: int = 4
     heads: int = 4

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
+import torch.nn.functional as F
 import typer
 
-from bench.tiny_data import BatchPlan, Clip, batch_plans, heldout_clips
+from bench.tiny_data import VISION_SEED_BASE, BatchPlan, Clip, batch_plans, cell_targets, heldout_clips, vision_batch
 from bench.tiny_model import Arch, build_model, build_tokenizer, save_preprocessor
 from compression.tokens import TokenBlock
 from vlm.base import IGNORE_INDEX
@@ -41,19 +42,23 @@ log = logging.getLogger(__name__)
 class TinyConfig:
     out: str = "models/vidmem-tiny"
     work_dir: str = "vidmem-data/train-tiny"
-    steps: int = 1400
-    max_minutes: float = 25.0
-    clips_per_batch: int = 6
+    steps: int = 4000
+    max_minutes: float = 55.0  # vision pretraining included; the cosine anneals within it
+    clips_per_batch: int = 8
     sizes: tuple[int, ...] = (96, 112, 128)
     long_share: float = 0.15
     max_frames: int = 16  # short clips have 4..max_frames frames
     captions: bool = True  # also teacher-force free-text clip descriptions (dense grounding signal)
+    caption_weight: float = 1.0  # caption token loss relative to the answer-letter loss
+    grounding: bool = True  # per-cell colour/shape read-outs on the visual tokens (training only)
+    vision_steps: int = 900  # pretraining of vision tower + projector on the read-outs alone (needs grounding)
+    vision_batch: int = 64  # frames per vision pretraining step
     lr: float = 2e-3
     warmup: int = 60
     weight_decay: float = 0.01
-    curriculum_steps: int = 0  # the first steps use short clips (4 frames, no long-span ones), then ramp up
+    curriculum_steps: int = 300  # the first steps use short clips (4 frames, no long-span ones), then ramp up
     heldout_clips: int = 48
-    eval_every: int = 0  # 0: only at the end
+    eval_every: int = 200  # held-out accuracy on 16 clips every so many steps (0: only at the end)
     checkpoint_every: int = 50
     threads: int = 1
     seed: int = 0
@@ -66,8 +71,31 @@ def adapter_for(model, tokenizer) -> LlavaOneVision:  # type: ignore[no-untyped-
     return adapter
 
 
+class GroundingHeads(torch.nn.Module):
+    """Training-only linear read-outs of colour and shape from every visual token (not shipped).
+
+    The answer letter is one token per question, too sparse a signal to teach a vision tower from
+    scratch what an object looks like; these heads give every visual token of every frame a target
+    (which object, if any, has its centre in the token's cell), so the visual tokens become linearly
+    readable object descriptions early and the LLM only has to learn to use them."""
+
+    def __init__(self, dim: int, classes: int = 5) -> None:
+        super().__init__()
+        self.colour = torch.nn.Linear(dim, classes)
+        self.shape = torch.nn.Linear(dim, classes)
+
+    def loss(self, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """feats [F, N, D], targets int64 [F, N, 2] -> mean cross-entropy of both read-outs."""
+        flat, tgt = feats.reshape(-1, feats.shape[-1]).float(), targets.reshape(-1, 2)
+        return F.cross_entropy(self.colour(flat), tgt[:, 0]) + F.cross_entropy(self.shape(flat), tgt[:, 1])
+
+
 def encode_batch(adapter: LlavaOneVision, clips: list[Clip]) -> list:  # type: ignore[type-arg]
     """Differentiable TokenSets, one per clip (one vision-tower call for all frames of the batch)."""
+    return _encode(adapter, clips)[1]
+
+
+def _encode(adapter: LlavaOneVision, clips: list[Clip]) -> tuple[torch.Tensor, list]:  # type: ignore[type-arg]
     pixels = torch.cat([adapter.pixel_values(c.frames) for c in clips])  # [sum F, 3, S, S]
     feats = adapter.video_features(pixels)  # [sum F, N, D]
     out, start = [], 0
@@ -76,7 +104,7 @@ def encode_batch(adapter: LlavaOneVision, clips: list[Clip]) -> list:  # type: i
         block = TokenBlock(feats[start : start + f], torch.tensor(clip.times, dtype=torch.float64), adapter.grid)
         out.append(block.to_tokenset())
         start += f
-    return out
+    return feats, out
 
 
 def _common_prefix(rows: list[torch.Tensor]) -> int:
@@ -96,11 +124,19 @@ def clip_prompts(adapter: LlavaOneVision, clip: Clip, tokens, with_captions: boo
 
 
 def forward_batch(
-    adapter: LlavaOneVision, clips: list[Clip], with_captions: bool = False
+    adapter: LlavaOneVision,
+    clips: list[Clip],
+    with_captions: bool = False,
+    heads: GroundingHeads | None = None,
+    caption_weight: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher-forced loss over every prompt of the batch; returns (loss, logits [B, V] and targets [B] at
-    each prompt's first answer token; the multiple-choice questions come first within each clip)."""
-    token_sets = encode_batch(adapter, clips)
+    each prompt's first answer token; the multiple-choice questions come first within each clip).
+
+    loss = mean letter loss of the questions + ``caption_weight`` x mean token loss of the captions
+    (+ the grounding heads' loss when ``heads`` is given): weighted per kind so that the many caption
+    tokens do not drown the one-token answers."""
+    feats, token_sets = _encode(adapter, clips)
     prompts = [clip_prompts(adapter, clip, ts, with_captions) for clip, ts in zip(clips, token_sets, strict=True)]
     flat = [p for ps in prompts for p in ps]
     plen = _common_prefix([p.input_ids for p in flat])
@@ -119,7 +155,15 @@ def forward_batch(
     target = labels[:, 1:]
     sel = target != IGNORE_INDEX
     logits = adapter.model.lm_head(hidden[:, :-1][sel])  # [T, V]
-    loss = torch.nn.functional.cross_entropy(logits.float(), target[sel])
+    token_loss = F.cross_entropy(logits.float(), target[sel], reduction="none")  # [T]
+    is_mc = torch.tensor([i < len(c.questions) for c, ps in zip(clips, prompts, strict=True) for i in range(len(ps))])
+    token_mc = is_mc[:, None].expand_as(sel)[sel]  # [T]
+    loss = token_loss[token_mc].mean()
+    if (~token_mc).any():
+        loss = loss + caption_weight * token_loss[~token_mc].mean()
+    if heads is not None:
+        targets = torch.cat([torch.from_numpy(cell_targets(c.tracks, c.times, adapter.grid)) for c in clips])
+        loss = loss + heads.loss(feats, targets)
     first = sel.float().argmax(1)  # position of each answer letter
     letter_logits = adapter.model.lm_head(hidden[torch.arange(len(flat)), first])
     return loss, letter_logits.detach(), target[torch.arange(len(flat)), first]
@@ -147,19 +191,21 @@ class State:
     elapsed: float = 0.0
     history: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
+    vision_done: bool = False
 
 
 def _checkpoint_path(cfg: TinyConfig) -> Path:
     return Path(cfg.work_dir) / "checkpoint.pt"
 
 
-def save_checkpoint(cfg: TinyConfig, model, opt, state: State) -> None:  # type: ignore[no-untyped-def]
+def save_checkpoint(cfg: TinyConfig, model, opt, state: State, heads=None) -> None:  # type: ignore[no-untyped-def]
     path = _checkpoint_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
             "model": model.state_dict(),
+            "heads": heads.state_dict() if heads is not None else None,
             "opt": opt.state_dict(),
             "state": asdict(state),
             "config": json.dumps(asdict(cfg)),
@@ -177,7 +223,7 @@ def _identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RUN_LENGTH}
 
 
-def load_checkpoint(cfg: TinyConfig, model, opt) -> State:  # type: ignore[no-untyped-def]
+def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: ignore[no-untyped-def]
     path = _checkpoint_path(cfg)
     if not path.is_file():
         return State()
@@ -186,6 +232,8 @@ def load_checkpoint(cfg: TinyConfig, model, opt) -> State:  # type: ignore[no-un
         log.warning("checkpoint %s was written with another config; starting afresh", path)
         return State()
     model.load_state_dict(ckpt["model"])
+    if heads is not None:
+        heads.load_state_dict(ckpt["heads"])
     opt.load_state_dict(ckpt["opt"])
     log.info("resumed from %s at step %d", path, ckpt["state"]["step"])
     saved = {k: v for k, v in ckpt["state"].items() if k != "resumed_from"}
@@ -213,15 +261,24 @@ def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, 
 
 
 def train_step(
-    adapter: LlavaOneVision, opt: torch.optim.Optimizer, plan: BatchPlan, captions: bool = True
+    adapter: LlavaOneVision,
+    opt: torch.optim.Optimizer,
+    plan: BatchPlan,
+    captions: bool = True,
+    heads: GroundingHeads | None = None,
+    caption_weight: float = 0.5,
 ) -> tuple[float, float]:
     clips = [c for c in plan.render() if c.questions]
-    loss, logits, target = forward_batch(adapter, clips, with_captions=captions)
+    if not clips:  # e.g. one-frame clips with nothing in view: nothing to ask
+        return float("nan"), float("nan")
+    loss, logits, target = forward_batch(adapter, clips, captions, heads, caption_weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(adapter.model.parameters(), 1.0)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
-    is_mc = torch.tensor([i < len(c.questions) for c in clips for i in range(len(c.questions) + 3 * captions)])
+    per_clip = [len(c.questions) + len(c.captions) * captions for c in clips]
+    is_mc = torch.tensor([i < len(c.questions) for c, n in zip(clips, per_clip, strict=True) for i in range(n)])
     acc = float((logits.argmax(-1) == target)[is_mc].float().mean())
     return float(loss.detach()), acc
 
@@ -232,15 +289,20 @@ def run(cfg: TinyConfig) -> dict:
     tokenizer = build_tokenizer(cfg.arch.vocab_size)
     model = build_model(cfg.arch, tokenizer, seed=cfg.seed)
     adapter = adapter_for(model, tokenizer)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    state = load_checkpoint(cfg, model, opt)
+    heads = GroundingHeads(cfg.arch.text_hidden) if cfg.grounding else None
+    params = list(model.parameters()) + (list(heads.parameters()) if heads else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    state = load_checkpoint(cfg, model, opt, heads)
     plans = itertools.islice(
         batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed, cfg.max_frames, cfg.curriculum_steps),
         state.step,
         None,
     )
     heldout = heldout_clips(cfg.heldout_clips, size=128)
-    _train_loop(cfg, adapter, opt, state, plans, heldout)
+    if heads is not None and not state.vision_done:
+        pretrain_vision(cfg, adapter, heads, state)
+        save_checkpoint(cfg, model, opt, state, heads)
+    _train_loop(cfg, adapter, opt, state, plans, heldout, heads)
     metrics = evaluate(adapter, heldout)
     log.info("held-out accuracy %s", json.dumps(metrics))
     write_folder(cfg, model, tokenizer, state, metrics)
@@ -253,7 +315,36 @@ def run(cfg: TinyConfig) -> dict:
     }
 
 
-def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout) -> None:  # type: ignore[no-untyped-def]
+def pretrain_vision(cfg: TinyConfig, adapter: LlavaOneVision, heads: GroundingHeads, state: State) -> None:
+    """Teach the vision tower + projector what the objects look like before the LLM sees them: the
+    grounding read-outs alone on single frames (cheap: no LLM), so that the question training starts
+    from visual tokens that already say which colour and shape sits where."""
+    from rich.progress import Progress
+
+    vision = [*adapter.model.model.vision_tower.parameters(), *adapter.model.model.multi_modal_projector.parameters()]
+    opt = torch.optim.AdamW([*vision, *heads.parameters()], lr=3e-3, weight_decay=cfg.weight_decay)
+    seed = VISION_SEED_BASE + cfg.seed * 10_000_000
+    with Progress() as bar:
+        task = bar.add_task("vision pretraining", total=cfg.vision_steps)
+        for step in range(cfg.vision_steps):
+            started = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_steps))
+            size = cfg.sizes[step % len(cfg.sizes)]
+            frames, targets = vision_batch(seed, cfg.vision_batch, size, adapter.grid)
+            seed += cfg.vision_batch
+            loss = heads.loss(adapter.video_features(adapter.pixel_values(frames)), torch.from_numpy(targets))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state.elapsed += time.perf_counter() - started
+            bar.update(task, advance=1, description=f"vision pretraining loss {float(loss.detach()):.3f}")
+            if step % 100 == 0:
+                log.info("vision step %d loss %.3f (%.0f s)", step, float(loss.detach()), state.elapsed)
+    state.vision_done = True
+
+
+def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout, heads=None) -> None:  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     budget_s = cfg.max_minutes * 60
@@ -273,9 +364,11 @@ def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout) -> 
             progress = max(state.step / cfg.steps, state.elapsed / budget_s)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, state.step, progress)
-            loss, acc = train_step(adapter, opt, next(plans), cfg.captions)
+            loss, acc = train_step(adapter, opt, next(plans), cfg.captions, heads, cfg.caption_weight)
             state.step += 1
             state.elapsed += time.perf_counter() - started
+            if math.isnan(loss):
+                continue
             ema_loss = loss if ema_loss is None else 0.95 * ema_loss + 0.05 * loss
             ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
             bar.update(task, completed=state.step, info=f"loss {ema_loss:.3f} acc {ema_acc:.2f}")
@@ -292,8 +385,8 @@ def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout) -> 
             if cfg.eval_every and state.step % cfg.eval_every == 0:
                 log.info("step %d held-out %s", state.step, json.dumps(evaluate(adapter, heldout[:16])))
             if state.step % cfg.checkpoint_every == 0:
-                save_checkpoint(cfg, adapter.model, opt, state)
-    save_checkpoint(cfg, adapter.model, opt, state)
+                save_checkpoint(cfg, adapter.model, opt, state, heads)
+    save_checkpoint(cfg, adapter.model, opt, state, heads)
 
 
 def write_folder(cfg: TinyConfig, model, tokenizer, state: State, metrics: dict) -> Path:  # type: ignore[no-untyped-def]
@@ -327,8 +420,13 @@ def cli(
     out: Annotated[str, typer.Option(help="model folder to write")] = "models/vidmem-tiny",
     work_dir: Annotated[str, typer.Option(help="checkpoints (resumed from when present)")] = "vidmem-data/train-tiny",
     steps: Annotated[int, typer.Option(help="optimiser steps")] = TinyConfig.steps,
-    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the schedule anneals within it")] = 25.0,
-    clips_per_batch: Annotated[int, typer.Option(help="clips per step (all their questions are used)")] = 6,
+    max_minutes: Annotated[
+        float, typer.Option(help="wall-clock budget; the schedule anneals within it")
+    ] = TinyConfig.max_minutes,
+    clips_per_batch: Annotated[
+        int, typer.Option(help="clips per step (all their questions are used)")
+    ] = TinyConfig.clips_per_batch,
+    eval_every: Annotated[int, typer.Option(help="held-out check every so many steps (0: at the end)")] = 200,
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared, busy CPU)")] = 1,
     seed: Annotated[int, typer.Option(help="init and data seed")] = 0,
 ) -> None:
@@ -340,6 +438,7 @@ def cli(
         steps=steps,
         max_minutes=max_minutes,
         clips_per_batch=clips_per_batch,
+        eval_every=eval_every,
         threads=threads,
         seed=seed,
     )

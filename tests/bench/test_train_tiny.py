@@ -6,12 +6,14 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from bench.tiny_data import BatchPlan, batch_plans, short_clip
+from bench.streamgen import COLOURS, SHAPES
+from bench.tiny_data import VISION_SEED_BASE, BatchPlan, batch_plans, cell_targets, short_clip, vision_batch
 from bench.tiny_model import Arch, build_model, build_tokenizer, letter_ids
-from bench.train_tiny import TinyConfig, adapter_for, encode_batch, forward_batch, run
+from bench.train_tiny import GroundingHeads, TinyConfig, adapter_for, encode_batch, forward_batch, run
 from vlm.loader import load_model
 
 SMALL = Arch(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1)
@@ -36,7 +38,8 @@ def test_forward_batch_when_prefix_shared_then_equals_adapter_scoring(tokenizer)
     assert torch.allclose(got, expected, atol=1e-4), f"shared-prefix {got} vs adapter {expected}"
 
 
-def test_run_when_interrupted_then_resumes_and_writes_loadable_folder(tmp_path: Path) -> None:
+def test_run_when_interrupted_then_resumes_and_writes_loadable_folder(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("INFO")
     cfg = TinyConfig(
         out=str(tmp_path / "model"),
         work_dir=str(tmp_path / "work"),
@@ -46,11 +49,15 @@ def test_run_when_interrupted_then_resumes_and_writes_loadable_folder(tmp_path: 
         heldout_clips=2,
         arch=SMALL,
         warmup=1,
+        vision_steps=2,
+        vision_batch=4,
+        eval_every=0,
     )
     first = run(cfg)
     assert first["steps"] == 2
     again = run(TinyConfig(**{**cfg.__dict__, "steps": 3}))
     assert again["resumed_from"] == 2 and again["steps"] == 3, "the second run must continue from the checkpoint"
+    assert "vision pretraining" not in caplog.text.split("resumed from")[-1], "a resumed run must not pretrain again"
     card = (tmp_path / "model" / "README.md").read_text()
     assert "Held-out accuracy" in card and "training seeds" in card
     assert json.loads((tmp_path / "model" / "vidmem.json").read_text())["trained"] is True
@@ -68,4 +75,47 @@ def test_batch_plan_when_rendered_then_clips_share_times() -> None:
 def test_batch_plans_when_curriculum_then_short_clips_first_and_full_range_later() -> None:
     plans = list(itertools.islice(batch_plans(1, (32,), long_share=0.5, max_frames=16, curriculum_steps=20), 200))
     assert all(p.regime == "short" and p.frames <= 4 for p in plans[:20])
+    assert min(p.frames for p in plans[:20]) == 1, "the warm-up starts from single frames"
     assert max(p.frames for p in plans[40:]) > 8 and any(p.regime == "long" for p in plans[40:])
+
+
+def test_cell_targets_when_object_centre_in_a_cell_then_only_that_cell_is_labelled() -> None:
+    clip = short_clip(1_000_123, 6, 0.0, 48)
+    targets = cell_targets(clip.tracks, clip.times, (3, 3))
+    assert targets.shape == (6, 9, 2)
+    for f, t in enumerate(clip.times):
+        visible = [trk for trk in clip.tracks if trk.visible(float(t))]
+        assert (targets[f, :, 0] > 0).sum() == len(visible), "one labelled cell per visible object"
+        for trk in visible:
+            x, y = trk.position(float(t))
+            cell = min(int(y * 3), 2) * 3 + min(int(x * 3), 2)
+            colour = list(COLOURS).index(trk.colour) + 1
+            assert targets[f, cell, 0] == colour and targets[f, cell, 1] == SHAPES.index(trk.shape) + 1
+
+
+def test_vision_batch_when_drawn_then_frames_match_their_labels() -> None:
+    frames, targets = vision_batch(VISION_SEED_BASE, 24, 48, (3, 3))
+    assert frames.shape == (24, 48, 48, 3) and targets.shape == (24, 9, 2)
+    palette = np.array(list(COLOURS.values()))
+    for frame, target in zip(frames, targets, strict=True):
+        for cell in np.flatnonzero(target[:, 0]):
+            r, c = divmod(int(cell), 3)
+            pixels = frame[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16].reshape(-1, 3).astype(int)
+            colour = palette[target[cell, 0] - 1]
+            assert (np.abs(pixels - colour).sum(1) < 10).any(), "a labelled cell shows its object's colour"
+
+
+def test_grounding_heads_when_trained_on_fixed_frames_then_loss_falls(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    adapter = adapter_for(build_model(SMALL, tokenizer), tokenizer)
+    heads = GroundingHeads(SMALL.text_hidden)
+    frames, targets = vision_batch(VISION_SEED_BASE, 16, 32, adapter.grid)
+    opt = torch.optim.AdamW([*adapter.model.parameters(), *heads.parameters()], lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = heads.loss(adapter.video_features(adapter.pixel_values(frames)), torch.from_numpy(targets))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], f"grounding loss {losses[0]:.3f} -> {losses[-1]:.3f}"
