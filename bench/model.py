@@ -3,7 +3,13 @@
 Usage: ``vidmem bench model --family llava_onevision --size real`` (``--size tiny`` for a smoke run).
 The model is built from a config at the family's real dimensions with random weights (no
 download); every dtype runs in its own process so peak RSS is that dtype's alone. Warm-up calls
-are excluded; timings are medians over ``repeats``. Prints a table, then one JSON line.
+are excluded; prefill timings are medians over ``repeats`` rounds that each run every ratio once.
+Prints a table, then one JSON line.
+
+On a CPU shared with other work, pass ``--threads 1 --repeats 3``: OpenMP threads that lose their
+core stall at every op's barrier, and single runs catch the other work's load unevenly (LLaVA-OV
+0.5B bf16, 2-core machine next to a training job: 2 threads, one run per ratio: 2.4x at 25 %;
+1 thread, 3 rounds: 3.6x bf16, 4.5x fp32).
 """
 
 from __future__ import annotations
@@ -123,16 +129,20 @@ def measure_llm(model: VideoLLM, cfg: BenchConfig, tokens_per_frame: int) -> tup
     tokens = block.to_tokenset()
     question = "What happens in the video? Answer in one sentence."
     model.generate(model.build_prompt(question, tokens.gather(torch.arange(0, len(tokens), 10))), 2)  # warm-up
-    prefill, counts, decode = {}, {}, 0.0
+    prompts, counts = {}, {}
     for ratio in RATIOS:
         keep = torch.linspace(0, len(tokens) - 1, max(1, round(ratio * len(tokens)))).round().long()
-        prompt = model.build_prompt(question, tokens.gather(keep))
-        runs = [model.generate(prompt, 1, min_new_tokens=1) for _ in range(cfg.repeats)]
-        prefill[f"{ratio:.0%}"] = statistics.median(r[1] for r in runs) / 1e3
+        prompts[f"{ratio:.0%}"] = model.build_prompt(question, tokens.gather(keep))
         counts[f"{ratio:.0%}"] = len(keep)
-        if ratio == 1.0:
-            new, _, decode_ms = model.generate(prompt, cfg.new_tokens, min_new_tokens=cfg.new_tokens)
-            decode = (len(new) - 1) / (decode_ms / 1e3) if decode_ms > 0 else 0.0
+    # Round-robin over the ratios: on a shared CPU, load from other work drifts into every ratio alike
+    # instead of into whichever ratio happened to run while it peaked.
+    runs: dict[str, list[float]] = {key: [] for key in prompts}
+    for _ in range(cfg.repeats):
+        for key, prompt in prompts.items():
+            runs[key].append(model.generate(prompt, 1, min_new_tokens=1)[1])
+    prefill = {key: statistics.median(ms) / 1e3 for key, ms in runs.items()}
+    new, _, decode_ms = model.generate(prompts["100%"], cfg.new_tokens, min_new_tokens=cfg.new_tokens)
+    decode = (len(new) - 1) / (decode_ms / 1e3) if decode_ms > 0 else 0.0
     return prefill, counts, decode
 
 
