@@ -16,13 +16,21 @@ def model_card(cfg: Any, state: Any, metrics: dict[str, dict[str, float]]) -> st
         for k, v in metrics.items()
     )
     captions = (
-        "\n- auxiliary targets: three free-text descriptions per clip in the same prompt format (objects in view"
-        " now, objects that appeared in order, how each object moved), teacher-forced; they give the vision"
-        " tower a dense signal early in training"
+        "\n- auxiliary targets: four free-text descriptions per clip in the same prompt format (objects in view"
+        " now, objects that appeared in order, how each object moved, when each appeared), teacher-forced,"
+        f" weighted {getattr(cfg, 'caption_weight', 1.0)} against the answer letters"
         if getattr(cfg, "captions", False)
         else ""
     )
     curriculum = getattr(cfg, "curriculum_steps", 0)
+    grounding = (
+        f"\n- grounding: linear colour and shape read-outs on every visual token (the object whose centre lies in"
+        f" the token's cell), first alone on single frames for {getattr(cfg, 'vision_steps', 0)} steps of"
+        f" {getattr(cfg, 'vision_batch', 0)} frames (vision tower + projector only), then beside the question"
+        " loss; the read-outs are dropped from the shipped model"
+        if getattr(cfg, "grounding", False)
+        else ""
+    )
     gain = getattr(getattr(cfg, "arch", None), "projector_gain", 1.0)
     return f"""# vidmem-tiny
 
@@ -38,10 +46,10 @@ Load: `vlm.load_model("models/vidmem-tiny")` (or the setting `VIDMEM_MODEL=vidme
 ## Training
 - steps: {state.step}, wall time {state.elapsed / 60:.1f} min on {cfg.threads} CPU threads
 - clips per step: {cfg.clips_per_batch} (every question of each clip used, teacher-forced answer letter
-  and end-of-turn token){captions}
+  and end-of-turn token){captions}{grounding}
 - data: short clips (4-16 frames at 1 fps, random start second) and long-span clips (16 frames every
   15 s over 4 minutes, share {cfg.long_share}); rendered at {list(cfg.sizes)} px and resized by the adapter
-- curriculum: the first {curriculum} steps use clips of at most 4 frames (no long-span ones), the
+- curriculum: the first {curriculum} steps use clips of 1 to 4 frames (no long-span ones), the
   next as many ramp the frame limit up (0: none)
 - projector output-layer init gain: {gain} (visual tokens at the text-embedding scale)
 - training seeds: >= {TRAIN_SEED_BASE}; held-out seeds: below {HELDOUT_SEED_LIMIT} (never trained on)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.questions import Question, make_questions
+from bench.questions import INSTRUCTION, LETTERS, Question, make_questions
 from bench.streamgen import COLOURS, SHAPES, ObjectTrack, Stream, StreamSpec
 
 TRAIN_SEED_BASE = 1_000_000
@@ -53,6 +53,21 @@ def captions(tracks: list[ObjectTrack], times: np.ndarray) -> list[tuple[str, st
         ("How did each object move?", moved),
         ("When did each object appear?", when),
     ]
+
+
+def letter_drills(questions: Sequence[Question], seed: int) -> list[tuple[str, str]]:
+    """For each question whose choices are drawn at random (present, recall): the same choices, asked
+    which letter names one of them. Text-only pointer practice: it teaches the second half of answering
+    such a question (from an object's name to its letter) apart from the first (what was seen)."""
+    rng = np.random.default_rng([seed, 13])
+    drills = []
+    for q in questions:
+        if q.qtype not in ("present", "recall"):
+            continue
+        pick = int(rng.integers(len(q.choices)))
+        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(q.choices))
+        drills.append((f"Which option is the {q.choices[pick]}?\n{options}\n{INSTRUCTION}", LETTERS[pick]))
+    return drills
 
 
 def _first_seen(track: ObjectTrack, times: np.ndarray) -> float:
@@ -108,7 +123,8 @@ def make_clip(spec: StreamSpec, times: np.ndarray) -> Clip:
     stream = Stream(spec)
     questions = make_questions(stream.tracks, times, seed=spec.seed)
     tracks = tuple(stream.tracks)
-    return Clip(spec.seed, stream.clip(times), times, questions, captions(stream.tracks, times), tracks)
+    texts = captions(stream.tracks, times) + letter_drills(questions, spec.seed)
+    return Clip(spec.seed, stream.clip(times), times, questions, texts, tracks)
 
 
 def short_clip(seed: int, frames: int, t0: float, size: int) -> Clip:
