@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.questions import INSTRUCTION, LETTERS, Question, make_questions
+from bench.questions import ALL_NAMES, INSTRUCTION, LETTERS, Question, make_questions
 from bench.streamgen import COLOURS, SHAPES, ObjectTrack, Stream, StreamSpec
 
 TRAIN_SEED_BASE = 1_000_000
@@ -67,6 +67,19 @@ def letter_drills(questions: Sequence[Question], seed: int) -> list[tuple[str, s
         pick = int(rng.integers(len(q.choices)))
         options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(q.choices))
         drills.append((f"Which option is the {q.choices[pick]}?\n{options}\n{INSTRUCTION}", LETTERS[pick]))
+    return drills
+
+
+def pointer_drills(seed: int, count: int) -> list[tuple[str, str]]:
+    """``count`` text-only drills like ``letter_drills``: four distinct object names as options in random
+    order, asked which letter names one of them; (question text, answer letter)."""
+    rng = np.random.default_rng([seed, 17])
+    drills = []
+    for _ in range(count):
+        names = [ALL_NAMES[i] for i in rng.permutation(len(ALL_NAMES))[: len(LETTERS)]]
+        pick = int(rng.integers(len(names)))
+        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(names))
+        drills.append((f"Which option is the {names[pick]}?\n{options}\n{INSTRUCTION}", LETTERS[pick]))
     return drills
 
 

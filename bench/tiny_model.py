@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast
 
-from bench.questions import LETTERS, Question, make_questions
+from bench.questions import ALL_NAMES, LETTERS, Question, make_questions
 from bench.streamgen import StreamSpec, build_schedule
 from compression.tokens import TokenSet
 
@@ -65,7 +65,7 @@ def _corpus() -> list[str]:
 @lru_cache(maxsize=2)
 def build_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
     """Deterministic byte-level BPE with LLaVA-OneVision's special tokens; eos '<|im_end|>'."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -77,6 +77,10 @@ def build_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_corpus(), trainer)
+    # every object name ("red circle", with and without a leading space) is one token: an option then
+    # matches what the model saw or was asked about token for token, the lookup a small transformer
+    # learns fastest (with two-word names it must also bind colour to shape inside every option)
+    tok.add_tokens([AddedToken(text, normalized=False) for name in ALL_NAMES for text in (f" {name}", name)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIALS[3:]
     )
