@@ -128,7 +128,7 @@ def test_grounding_heads_when_trained_on_fixed_frames_then_loss_falls(tokenizer)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], f"grounding loss {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 
