@@ -1,6 +1,7 @@
 """``uniform``: evenly spaced tokens, the budget-matched baseline every table carries (stages 1 and 2).
 
-Stage 1 keeps round(ratio * N) evenly spaced positions in every frame (``mode=spatial``) or the
+Stage 1 keeps round(ratio * N) evenly spaced positions in every frame, at least one when ratio > 0
+(a small ratio of a coarse grid must not blank the video: 5 % of 9 tokens rounds to none) (``mode=spatial``), or the
 frames whose stream-wide index falls on an evenly spaced grid (``mode=temporal``): both depend only
 on the frame's own index, so chunk-by-chunk equals whole-video. Stage 2 keeps ``budget`` evenly
 spaced tokens of the time-ordered set.
@@ -38,7 +39,10 @@ class Uniform:
         f, n = block.features.shape[:2]
         device = block.features.device
         if self.params.mode == "spatial":
-            keep = evenly_spaced(n, math.floor(self.params.ratio * n + 0.5), device)  # [n'] positions
+            per_frame = math.floor(self.params.ratio * n + 0.5)
+            if self.params.ratio > 0:
+                per_frame = max(1, per_frame)
+            keep = evenly_spaced(n, min(per_frame, n), device)  # [n'] positions
             idx = (torch.arange(f, device=device)[:, None] * n + keep[None, :]).reshape(-1)
         else:
             frames = torch.arange(f, device=device) + block.frame_offset

@@ -33,3 +33,13 @@ def test_uniform_select_when_budget_given_then_indices_are_evenly_spaced():
     tokens = chunks_of(scene_video(4, 4), 4, (4, 4))[0].to_tokenset()  # 64 tokens
     out = build_method("uniform").select(tokens, 8, SelectContext())
     assert (out.frame * 16 + out.row * 4 + out.col).tolist() == list(range(0, 64, 8))
+
+
+@pytest.mark.parametrize(("ratio", "per_frame"), [(0.05, 1), (0.0, 0), (0.5, 5)])
+def test_uniform_when_ratio_rounds_to_nothing_then_still_keeps_one_token_per_frame(ratio, per_frame):
+    # given 3 frames of a 3x3 grid (vidmem-tiny's): 5 % of 9 tokens rounds to none
+    block = TokenBlock(torch.randn(3, 9, 2), torch.arange(3, dtype=torch.float64), (3, 3))
+    # when stage 1 keeps that ratio
+    _, out = build_method(f"uniform:ratio={ratio}").update({}, block)
+    # then every frame keeps at least one token unless the ratio is exactly zero
+    assert out.frame.tolist() == [f for f in range(3) for _ in range(per_frame)]
