@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -63,7 +64,8 @@ class TinyConfig:
     grounding: bool = True  # per-cell colour/shape read-outs on the visual tokens (training only)
     vision_steps: int = 900  # pretraining of vision tower + projector on the read-outs alone (needs grounding)
     vision_batch: int = 64  # frames per vision pretraining step
-    pointer_steps: int = 2000  # text-only pretraining of the LLM on "which letter names X" drills
+    pointer_target: float = 0.95  # the pointer stage ends early once its running accuracy reaches this
+    pointer_steps: int = 4000  # at most; text-only pretraining of the LLM on "which letter names X" drills
     pointer_batch: int = 64
     pointer_lr: float = 2e-3
     lr: float = 2e-3
@@ -206,6 +208,7 @@ class State:
     resumed_from: int | None = None
     vision_done: bool = False
     pointer_done: bool = False
+    pointer_step: int = 0  # pointer pretraining steps done (checkpointed every 500)
 
 
 def _checkpoint_path(cfg: TinyConfig) -> Path:
@@ -317,7 +320,7 @@ def run(cfg: TinyConfig) -> dict:
         pretrain_vision(cfg, adapter, heads, state)
         save_checkpoint(cfg, model, opt, state, heads)
     if cfg.pointer_steps and not state.pointer_done:
-        pretrain_pointer(cfg, adapter, state)
+        pretrain_pointer(cfg, adapter, state, save=lambda: save_checkpoint(cfg, model, opt, state, heads))
         save_checkpoint(cfg, model, opt, state, heads)
     _train_loop(cfg, adapter, opt, state, plans, heldout, heads)
     metrics = evaluate(adapter, heldout)
@@ -361,7 +364,7 @@ def pretrain_vision(cfg: TinyConfig, adapter: LlavaOneVision, heads: GroundingHe
     state.vision_done = True
 
 
-def pretrain_pointer(cfg: TinyConfig, adapter: LlavaOneVision, state: State) -> None:
+def pretrain_pointer(cfg: TinyConfig, adapter: LlavaOneVision, state: State, save: Callable[[], None]) -> None:
     """Teach the LLM alone, on text, to go from an object's name to the letter of the option naming it.
 
     Answering "what is in view now?" from four shuffled options needs that pointer circuit (find the
@@ -380,8 +383,8 @@ def pretrain_pointer(cfg: TinyConfig, adapter: LlavaOneVision, state: State) -> 
     seed = VISION_SEED_BASE + 1_000_000 + cfg.seed * 10_000_000
     ema = None
     with Progress() as bar:
-        task = bar.add_task("pointer pretraining", total=cfg.pointer_steps)
-        for step in range(cfg.pointer_steps):
+        task = bar.add_task("pointer pretraining", total=cfg.pointer_steps, completed=state.pointer_step)
+        for step in range(state.pointer_step, cfg.pointer_steps):
             started = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = cfg.pointer_lr * min(1.0, (step + 1) / cfg.warmup)
@@ -402,6 +405,12 @@ def pretrain_pointer(cfg: TinyConfig, adapter: LlavaOneVision, state: State) -> 
             bar.update(task, advance=1, description=f"pointer pretraining {info}")
             if step % 100 == 0:
                 log.info("pointer step %d %s (%.0f s)", step, info, state.elapsed)
+            state.pointer_step = step + 1
+            if state.pointer_step % 500 == 0:
+                save()  # the stage's own optimiser moments are not kept: a resumed stage re-warms them
+            if step >= 100 and ema >= cfg.pointer_target:
+                log.info("pointer learned at step %d %s (%.0f s)", step, info, state.elapsed)
+                break
     state.pointer_done = True
 
 
