@@ -20,6 +20,7 @@ from bench.streamgen import COLOURS, SHAPES, ObjectTrack, Stream, StreamSpec
 
 TRAIN_SEED_BASE = 1_000_000
 VISION_SEED_BASE = 500_000_000  # streams for the vision pretraining (above every question-training seed)
+POINTER_SEED_BASE = 600_000_000  # text-only pointer drills
 HELDOUT_SEED_LIMIT = 100_000
 LONG_STEP_S = 15.0
 LONG_FRAMES = 16
@@ -64,9 +65,7 @@ def letter_drills(questions: Sequence[Question], seed: int) -> list[tuple[str, s
     for q in questions:
         if q.qtype not in ("present", "recall"):
             continue
-        pick = int(rng.integers(len(q.choices)))
-        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(q.choices))
-        drills.append((f"Which option is the {q.choices[pick]}?\n{options}\n{INSTRUCTION}", LETTERS[pick]))
+        drills.append(_drill(q.choices, int(rng.integers(len(q.choices)))))
     return drills
 
 
@@ -77,10 +76,14 @@ def pointer_drills(seed: int, count: int) -> list[tuple[str, str]]:
     drills = []
     for _ in range(count):
         names = [ALL_NAMES[i] for i in rng.permutation(len(ALL_NAMES))[: len(LETTERS)]]
-        pick = int(rng.integers(len(names)))
-        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(names))
-        drills.append((f"Which option is the {names[pick]}?\n{options}\n{INSTRUCTION}", LETTERS[pick]))
+        drills.append(_drill(names, int(rng.integers(len(names)))))
     return drills
+
+
+def _drill(choices: Sequence[str], pick: int) -> tuple[str, str]:
+    """(question text in the benchmark's multiple-choice format, answer letter) asking which option is choices[pick]."""
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    return f"Which option is the {choices[pick]}?\n{options}\n{INSTRUCTION}", LETTERS[pick]
 
 
 def _first_seen(track: ObjectTrack, times: np.ndarray) -> float:

@@ -32,6 +32,7 @@ import typer
 
 from bench.questions import LETTERS
 from bench.tiny_data import (
+    POINTER_SEED_BASE,
     VISION_SEED_BASE,
     BatchPlan,
     Clip,
@@ -41,12 +42,14 @@ from bench.tiny_data import (
     pointer_drills,
     vision_batch,
 )
-from bench.tiny_model import Arch, build_model, build_tokenizer, save_preprocessor
+from bench.tiny_model import Arch, build_model, build_tokenizer, letter_ids, save_preprocessor
 from compression.tokens import TokenBlock, TokenSet
 from vlm.base import IGNORE_INDEX
 from vlm.llava_onevision import LlavaOneVision
 
 log = logging.getLogger(__name__)
+
+VISION_LR = 3e-3  # peak learning rate of the vision pretraining (cosine to 0 over its steps)
 
 
 @dataclass
@@ -71,7 +74,7 @@ class TinyConfig:
     lr: float = 2e-3
     warmup: int = 60
     weight_decay: float = 0.01
-    curriculum_steps: int = 300  # the first steps use short clips (4 frames, no long-span ones), then ramp up
+    curriculum_steps: int = 300  # the first steps use short clips (1 to 4 frames, no long-span ones), then ramp up
     heldout_clips: int = 48
     eval_every: int = 200  # held-out accuracy on 16 clips every so many steps (0: only at the end)
     checkpoint_every: int = 50
@@ -143,7 +146,7 @@ def forward_batch(
     clips: list[Clip],
     with_captions: bool = False,
     heads: GroundingHeads | None = None,
-    caption_weight: float = 0.5,
+    caption_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher-forced loss over every prompt of the batch; returns (loss, logits [B, V] and targets [B] at
     each prompt's first answer token; the multiple-choice questions come first within each clip).
@@ -259,7 +262,7 @@ def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: 
 
 def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, float]]:
     """Held-out accuracy per question type, scored like ``choice_logprobs`` (valid letters only)."""
-    from bench.tiny_model import accuracy_by_type, letter_ids
+    from bench.tiny_model import accuracy_by_type
 
     letters = letter_ids(adapter.tokenizer)
     results: list[tuple[str, bool]] = []
@@ -283,7 +286,7 @@ def train_step(
     plan: BatchPlan,
     captions: bool = True,
     heads: GroundingHeads | None = None,
-    caption_weight: float = 0.5,
+    caption_weight: float = 1.0,
 ) -> tuple[float, float]:
     clips = [c for c in plan.render() if c.questions]
     if not clips:  # e.g. one-frame clips with nothing in view: nothing to ask
@@ -342,14 +345,14 @@ def pretrain_vision(cfg: TinyConfig, adapter: LlavaOneVision, heads: GroundingHe
     from rich.progress import Progress
 
     vision = [*adapter.model.model.vision_tower.parameters(), *adapter.model.model.multi_modal_projector.parameters()]
-    opt = torch.optim.AdamW([*vision, *heads.parameters()], lr=3e-3, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([*vision, *heads.parameters()], lr=VISION_LR, weight_decay=cfg.weight_decay)
     seed = VISION_SEED_BASE + cfg.seed * 10_000_000
     with Progress() as bar:
         task = bar.add_task("vision pretraining", total=cfg.vision_steps)
         for step in range(cfg.vision_steps):
             started = time.perf_counter()
             for group in opt.param_groups:
-                group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_steps))
+                group["lr"] = VISION_LR * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_steps))
             size = cfg.sizes[step % len(cfg.sizes)]
             frames, targets = vision_batch(seed, cfg.vision_batch, size, adapter.grid)
             seed += cfg.vision_batch
@@ -374,13 +377,11 @@ def pretrain_pointer(cfg: TinyConfig, adapter: LlavaOneVision, state: State, sav
     crossed here in minutes instead of inside the far costlier video steps."""
     from rich.progress import Progress
 
-    from bench.tiny_model import letter_ids
-
     empty = TokenSet.empty(cfg.arch.text_hidden)
     letters = torch.tensor(letter_ids(adapter.tokenizer))
     params = [p for name, p in adapter.model.named_parameters() if "vision_tower" not in name]
     opt = torch.optim.AdamW(params, lr=cfg.pointer_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    seed = VISION_SEED_BASE + 1_000_000 + cfg.seed * 10_000_000
+    seed = POINTER_SEED_BASE + cfg.seed * 10_000_000
     ema = None
     with Progress() as bar:
         task = bar.add_task("pointer pretraining", total=cfg.pointer_steps, completed=state.pointer_step)
@@ -496,7 +497,9 @@ def cli(
     clips_per_batch: Annotated[
         int, typer.Option(help="clips per step (all their questions are used)")
     ] = TinyConfig.clips_per_batch,
-    eval_every: Annotated[int, typer.Option(help="held-out check every so many steps (0: at the end)")] = 200,
+    eval_every: Annotated[
+        int, typer.Option(help="held-out check every so many steps (0: at the end)")
+    ] = TinyConfig.eval_every,
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared, busy CPU)")] = 1,
     seed: Annotated[int, typer.Option(help="init and data seed")] = 0,
 ) -> None:
