@@ -81,13 +81,23 @@ class View:
         return items[int(self.rng.integers(len(items)))]
 
 
-def _mc(view: View, correct: str, pool: Sequence[str], n: int = 4) -> tuple[tuple[str, ...], str]:
-    """Shuffle the correct choice with n-1 distractors drawn from pool."""
-    others = [p for p in dict.fromkeys(pool) if p != correct]
-    picked = [others[i] for i in view.rng.permutation(len(others))[: n - 1]]
-    choices = [correct, *picked]
-    order = view.rng.permutation(len(choices))
-    choices = [choices[i] for i in order]
+def _one_per_shape(view: View, correct: str, pool: Sequence[str]) -> tuple[tuple[str, ...], str] | None:
+    """One choice per shape, in ``SHAPES`` order: the correct object in its shape's slot, the other
+    slots a random colour of their shape drawn from pool (None when a shape has no name left).
+
+    The letter thus names the answer's shape, as in the fixed-choice types: a model has to tell which
+    object it saw (colour and shape together when several share a shape in view), not to find a name
+    in a shuffled list -- an in-context pointer a CPU-trained tiny model cannot learn in its budget.
+    """
+    choices = []
+    for shape in SHAPES:
+        if correct.endswith(f" {shape}"):
+            choices.append(correct)
+            continue
+        names = [n for n in pool if n.endswith(f" {shape}") and n != correct]
+        if not names:
+            return None
+        choices.append(view.pick(names))
     return tuple(choices), LETTERS[choices.index(correct)]
 
 
@@ -107,7 +117,10 @@ def q_present(view: View) -> Question | None:
         return None
     target = view.pick(here)
     pool = [n for n in ALL_NAMES if n not in {t.name for t in here}]
-    choices, ans = _mc(view, target.name, pool)
+    picked = _one_per_shape(view, target.name, pool)
+    if picked is None:
+        return None
+    choices, ans = picked
     return Question("present", "What is in view now?", choices, ans, view.now, 0.0, {"object": target.oid})
 
 
@@ -127,7 +140,10 @@ def q_recall(view: View) -> Question | None:
             return None
     near = {o.name for o in view.tracks if abs(o.t_in - target.t_in) < tol}
     pool = [n for n in ALL_NAMES if n not in near]
-    choices, ans = _mc(view, target.name, pool)
+    picked = _one_per_shape(view, target.name, pool)
+    if picked is None:
+        return None
+    choices, ans = picked
     stem = f"What appeared {_ago(ago)}?"
     return Question("recall", stem, choices, ans, view.now, ago, {"object": target.oid})
 

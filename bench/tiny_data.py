@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.questions import ALL_NAMES, INSTRUCTION, LETTERS, Question, make_questions
+from bench.questions import Question, make_questions
 from bench.streamgen import COLOURS, SHAPES, ObjectTrack, Stream, StreamSpec
 
 TRAIN_SEED_BASE = 1_000_000
 VISION_SEED_BASE = 500_000_000  # streams for the vision pretraining (above every question-training seed)
-POINTER_SEED_BASE = 600_000_000  # text-only pointer drills
 HELDOUT_SEED_LIMIT = 100_000
 LONG_STEP_S = 15.0
 LONG_FRAMES = 16
@@ -54,36 +53,6 @@ def captions(tracks: list[ObjectTrack], times: np.ndarray) -> list[tuple[str, st
         ("How did each object move?", moved),
         ("When did each object appear?", when),
     ]
-
-
-def letter_drills(questions: Sequence[Question], seed: int) -> list[tuple[str, str]]:
-    """For each question whose choices are drawn at random (present, recall): the same choices, asked
-    which letter names one of them. Text-only pointer practice: it teaches the second half of answering
-    such a question (from an object's name to its letter) apart from the first (what was seen)."""
-    rng = np.random.default_rng([seed, 13])
-    drills = []
-    for q in questions:
-        if q.qtype not in ("present", "recall"):
-            continue
-        drills.append(_drill(q.choices, int(rng.integers(len(q.choices)))))
-    return drills
-
-
-def pointer_drills(seed: int, count: int) -> list[tuple[str, str]]:
-    """``count`` text-only drills like ``letter_drills``: four distinct object names as options in random
-    order, asked which letter names one of them; (question text, answer letter)."""
-    rng = np.random.default_rng([seed, 17])
-    drills = []
-    for _ in range(count):
-        names = [ALL_NAMES[i] for i in rng.permutation(len(ALL_NAMES))[: len(LETTERS)]]
-        drills.append(_drill(names, int(rng.integers(len(names)))))
-    return drills
-
-
-def _drill(choices: Sequence[str], pick: int) -> tuple[str, str]:
-    """(question text in the benchmark's multiple-choice format, answer letter) asking which option is choices[pick]."""
-    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
-    return f"Which option is the {choices[pick]}?\n{options}\n{INSTRUCTION}", LETTERS[pick]
 
 
 def _first_seen(track: ObjectTrack, times: np.ndarray) -> float:
@@ -139,8 +108,7 @@ def make_clip(spec: StreamSpec, times: np.ndarray) -> Clip:
     stream = Stream(spec)
     questions = make_questions(stream.tracks, times, seed=spec.seed)
     tracks = tuple(stream.tracks)
-    texts = captions(stream.tracks, times) + letter_drills(questions, spec.seed)
-    return Clip(spec.seed, stream.clip(times), times, questions, texts, tracks)
+    return Clip(spec.seed, stream.clip(times), times, questions, captions(stream.tracks, times), tracks)
 
 
 def short_clip(seed: int, frames: int, t0: float, size: int) -> Clip:
@@ -211,6 +179,27 @@ def batch_plans(
         frames = int(rng.integers(1 if warm else min(4, top), top + 1))
         t0 = float(rng.integers(0, 900)) if rng.random() < 0.5 else 0.0
         yield BatchPlan(seeds, "short", frames, t0, size)
+
+
+def _render(plan: BatchPlan) -> list[Clip]:
+    return plan.render()
+
+
+def rendered(plans: Iterator[BatchPlan], ahead: int = 2) -> Iterator[list[Clip]]:
+    """The plans' clips, rendered ``ahead`` batches in advance in one child process.
+
+    Rendering a 16-frame batch costs about a fifth of a training step; the child runs it on the
+    second core while the trainer (one torch thread) works on the first. Order is kept."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = deque(pool.submit(_render, plan) for plan in itertools.islice(plans, ahead))
+        while pending:
+            clips = pending.popleft().result()
+            pending.extend(pool.submit(_render, plan) for plan in itertools.islice(plans, 1))
+            yield clips
 
 
 def heldout_clips(count: int, size: int, first_seed: int = 0) -> list[Clip]:

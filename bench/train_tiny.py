@@ -16,12 +16,12 @@ elapsed) are written every ``checkpoint_every`` steps and picked up again on res
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -30,20 +30,17 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from bench.questions import LETTERS
 from bench.tiny_data import (
-    POINTER_SEED_BASE,
     VISION_SEED_BASE,
-    BatchPlan,
     Clip,
     batch_plans,
     cell_targets,
     heldout_clips,
-    pointer_drills,
+    rendered,
     vision_batch,
 )
 from bench.tiny_model import Arch, build_model, build_tokenizer, letter_ids, save_preprocessor
-from compression.tokens import TokenBlock, TokenSet
+from compression.tokens import TokenBlock
 from vlm.base import IGNORE_INDEX
 from vlm.llava_onevision import LlavaOneVision
 
@@ -67,10 +64,6 @@ class TinyConfig:
     grounding: bool = True  # per-cell colour/shape read-outs on the visual tokens (training only)
     vision_steps: int = 900  # pretraining of vision tower + projector on the read-outs alone (needs grounding)
     vision_batch: int = 64  # frames per vision pretraining step
-    pointer_target: float = 0.95  # the pointer stage ends early once its running accuracy reaches this
-    pointer_steps: int = 4000  # at most; text-only pretraining of the LLM on "which letter names X" drills
-    pointer_batch: int = 64
-    pointer_lr: float = 2e-3
     lr: float = 2e-3
     warmup: int = 60
     weight_decay: float = 0.01
@@ -210,8 +203,6 @@ class State:
     history: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
     vision_done: bool = False
-    pointer_done: bool = False
-    pointer_step: int = 0  # pointer pretraining steps done (checkpointed every 500)
 
 
 def _checkpoint_path(cfg: TinyConfig) -> Path:
@@ -283,12 +274,12 @@ def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, 
 def train_step(
     adapter: LlavaOneVision,
     opt: torch.optim.Optimizer,
-    plan: BatchPlan,
+    batch: list[Clip],
     captions: bool = True,
     heads: GroundingHeads | None = None,
     caption_weight: float = 1.0,
 ) -> tuple[float, float]:
-    clips = [c for c in plan.render() if c.questions]
+    clips = [c for c in batch if c.questions]
     if not clips:  # e.g. one-frame clips with nothing in view: nothing to ask
         return float("nan"), float("nan")
     loss, logits, target = forward_batch(adapter, clips, captions, heads, caption_weight)
@@ -322,10 +313,8 @@ def run(cfg: TinyConfig) -> dict:
     if heads is not None and not state.vision_done:
         pretrain_vision(cfg, adapter, heads, state)
         save_checkpoint(cfg, model, opt, state, heads)
-    if cfg.pointer_steps and not state.pointer_done:
-        pretrain_pointer(cfg, adapter, state, save=lambda: save_checkpoint(cfg, model, opt, state, heads))
-        save_checkpoint(cfg, model, opt, state, heads)
-    _train_loop(cfg, adapter, opt, state, plans, heldout, heads)
+    with contextlib.closing(rendered(plans)) as batches:
+        _train_loop(cfg, adapter, opt, state, batches, heldout, heads)
     metrics = evaluate(adapter, heldout)
     log.info("held-out accuracy %s", json.dumps(metrics))
     write_folder(cfg, model, tokenizer, state, metrics)
@@ -367,55 +356,7 @@ def pretrain_vision(cfg: TinyConfig, adapter: LlavaOneVision, heads: GroundingHe
     state.vision_done = True
 
 
-def pretrain_pointer(cfg: TinyConfig, adapter: LlavaOneVision, state: State, save: Callable[[], None]) -> None:
-    """Teach the LLM alone, on text, to go from an object's name to the letter of the option naming it.
-
-    Answering "what is in view now?" from four shuffled options needs that pointer circuit (find the
-    option whose words match, copy the letter in front of it) on top of seeing the object. A small
-    transformer learns such a lookup only after a long plateau (measured: loss flat at ln 4 for ~1,700
-    steps of 64 drills at lr 1e-3, then falling); text-only drills are ~40 tokens, so the plateau is
-    crossed here in minutes instead of inside the far costlier video steps."""
-    from rich.progress import Progress
-
-    empty = TokenSet.empty(cfg.arch.text_hidden)
-    letters = torch.tensor(letter_ids(adapter.tokenizer))
-    params = [p for name, p in adapter.model.named_parameters() if "vision_tower" not in name]
-    opt = torch.optim.AdamW(params, lr=cfg.pointer_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    seed = POINTER_SEED_BASE + cfg.seed * 10_000_000
-    ema = None
-    with Progress() as bar:
-        task = bar.add_task("pointer pretraining", total=cfg.pointer_steps, completed=state.pointer_step)
-        for step in range(state.pointer_step, cfg.pointer_steps):
-            started = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = cfg.pointer_lr * min(1.0, (step + 1) / cfg.warmup)
-            drills = pointer_drills(seed + step, cfg.pointer_batch)
-            prompts = [adapter.build_prompt(text, empty) for text, _ in drills]
-            embeds, mask, positions = adapter._left_pad(prompts)
-            out = adapter.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-            picked = torch.tensor([LETTERS.index(answer) for _, answer in drills])
-            logits = out.logits[:, -1].float()
-            loss = F.cross_entropy(logits, letters[picked])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            state.elapsed += time.perf_counter() - started
-            acc = float((logits[:, letters].argmax(-1) == picked).float().mean())
-            ema = acc if ema is None else 0.95 * ema + 0.05 * acc
-            info = f"loss {float(loss.detach()):.3f} acc {ema:.2f}"
-            bar.update(task, advance=1, description=f"pointer pretraining {info}")
-            if step % 100 == 0:
-                log.info("pointer step %d %s (%.0f s)", step, info, state.elapsed)
-            state.pointer_step = step + 1
-            if state.pointer_step % 500 == 0:
-                save()  # the stage's own optimiser moments are not kept: a resumed stage re-warms them
-            if step >= 100 and ema >= cfg.pointer_target:
-                log.info("pointer learned at step %d %s (%.0f s)", step, info, state.elapsed)
-                break
-    state.pointer_done = True
-
-
-def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout, heads=None) -> None:  # type: ignore[no-untyped-def]
+def _train_loop(cfg: TinyConfig, adapter, opt, state: State, batches, heldout, heads=None) -> None:  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     budget_s = cfg.max_minutes * 60
@@ -435,7 +376,7 @@ def _train_loop(cfg: TinyConfig, adapter, opt, state: State, plans, heldout, hea
             progress = max(state.step / cfg.steps, state.elapsed / budget_s)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, state.step, progress)
-            loss, acc = train_step(adapter, opt, next(plans), cfg.captions, heads, cfg.caption_weight)
+            loss, acc = train_step(adapter, opt, next(batches), cfg.captions, heads, cfg.caption_weight)
             state.step += 1
             state.elapsed += time.perf_counter() - started
             if math.isnan(loss):

@@ -16,7 +16,6 @@ from bench.tiny_data import (
     BatchPlan,
     batch_plans,
     cell_targets,
-    pointer_drills,
     short_clip,
     vision_batch,
 )
@@ -59,8 +58,6 @@ def test_run_when_interrupted_then_resumes_and_writes_loadable_folder(tmp_path: 
         warmup=1,
         vision_steps=2,
         vision_batch=4,
-        pointer_steps=2,
-        pointer_batch=4,
         eval_every=0,
     )
     first = run(cfg)
@@ -68,7 +65,7 @@ def test_run_when_interrupted_then_resumes_and_writes_loadable_folder(tmp_path: 
     again = run(TinyConfig(**{**cfg.__dict__, "steps": 3}))
     assert again["resumed_from"] == 2 and again["steps"] == 3, "the second run must continue from the checkpoint"
     after_resume = caplog.text.split("resumed from")[-1]
-    assert "vision step" not in after_resume and "pointer step" not in after_resume, "a resumed run pretrains again"
+    assert "vision step" not in after_resume, "a resumed run pretrains again"
     card = (tmp_path / "model" / "README.md").read_text()
     assert "Held-out accuracy" in card and "training seeds" in card
     assert json.loads((tmp_path / "model" / "vidmem.json").read_text())["trained"] is True
@@ -130,12 +127,3 @@ def test_grounding_heads_when_trained_on_fixed_frames_then_loss_falls(tokenizer)
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], f"grounding loss {losses[0]:.3f} -> {losses[-1]:.3f}"
-
-
-def test_pointer_drills_when_drawn_then_the_answer_letter_names_the_asked_object() -> None:
-    drills = pointer_drills(7, 50)
-    assert drills == pointer_drills(7, 50), "deterministic per seed"
-    for text, letter in drills:
-        asked = text.split("Which option is the ", 1)[1].split("?", 1)[0]
-        options = dict(line.split(". ", 1) for line in text.splitlines()[1:5])
-        assert options[letter] == asked and len(set(options.values())) == 4
