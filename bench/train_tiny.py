@@ -422,6 +422,7 @@ def write_folder(cfg: TinyConfig, model, tokenizer, state: State, metrics: dict)
         "trained": True,
         "family": "llava_onevision",
         "name": "vidmem-tiny",
+        "dtype": "float32",  # trained in float32; bf16 costs accuracy and saves nothing at this size
         "steps": state.step,
         "heldout_accuracy": metrics["all"]["accuracy"],
     }

@@ -124,7 +124,6 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto",
                cache_dir: str | None = None) -> VideoLLM:
     """Load a Video LLM behind the vidmem interface (see the module docstring)."""
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
     if name_or_path.startswith(TINY_PREFIX):
         location = str(tiny_folder(name_or_path, cache_dir))
         name = name_or_path
@@ -134,8 +133,10 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto",
         if _looks_local(name_or_path):
             _check_folder(Path(name_or_path))
     family = detect_family(location)
-    model, tokenizer = _load_weights(location, torch_device, torch_dtype)
     marker = read_marker(Path(location)) if Path(location).is_dir() else {}
+    # a folder may name its own dtype: vidmem-tiny was trained in float32 and loses accuracy in bf16
+    torch_dtype = resolve_dtype(marker.get("dtype", dtype) if dtype == "auto" else dtype, torch_device)
+    model, tokenizer = _load_weights(location, torch_device, torch_dtype)
     adapter = adapter_classes()[family](model, tokenizer, name=name, trained=bool(marker.get("trained", True)),
                                         folder=location if Path(location).is_dir() else None)
     log.info("loaded %s (%s) on %s as %s", name, family, torch_device, torch_dtype)

@@ -33,6 +33,16 @@ def test_load_model_when_folder_given_then_loads_through_from_pretrained(llava_f
     assert model.name == llava_folder.name
 
 
+def test_load_model_when_folder_names_its_dtype_then_auto_follows_it(llava_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "fp32-model"
+    shutil.copytree(llava_folder, folder)
+    marker = folder / "vidmem.json"
+    fields = json.loads(marker.read_text()) if marker.is_file() else {}
+    marker.write_text(json.dumps({**fields, "dtype": "float32"}))
+    assert load_model(str(folder), device="cpu").dtype == torch.float32
+    assert load_model(str(folder), device="cpu", dtype="bfloat16").dtype == torch.bfloat16, "explicit wins"
+
+
 def test_load_model_when_folder_missing_then_error_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelLoadError, match="no-such-model"):
