@@ -81,7 +81,14 @@ class CaCoVID:
         return tokens.gather(torch.nonzero(chosen, as_tuple=True)[0])
 
     def frame_quotas(self, v: Tensor, counts: Tensor, budget: int, k: int) -> Tensor:
-        """Per-frame quotas q_f [F'] summing to floor(imp_ratio * budget) (within the caps)."""
+        """Per-frame quotas q_f [F'] summing to floor(imp_ratio * budget) (within the caps).
+
+        The released rule caps q_f at floor(imp_ratio * h*w * 1.5R) and floors it at 1. On small grids
+        (vidmem-tiny: 9 tokens a frame) that cap is 0 at 10 % and 5 %, which would leave the policy no
+        token at all; the cap here is at least 1, and when the importance budget is smaller than the
+        number of frames the floor is 0 and the frames with the largest learned shares get the tokens
+        (largest-remainder repair, the released rule's decrement-largest / increment-smallest whenever
+        the shares cannot tell frames apart)."""
         p, f = self.params, len(counts)
         v = 3.0 * v / v.abs().max().clamp_min(1e-12)
         share = torch.softmax(v, 0).clamp(p.clip_low / f, p.clip_high / f)
@@ -90,19 +97,22 @@ class CaCoVID:
         total = math.floor(b_imp)
         caps = torch.minimum(counts, torch.floor(p.imp_ratio * counts * p.clip_high * budget / k).to(torch.int64))
         low = 1 if total >= f else 0
-        caps = caps.clamp_min(low)
-        q = torch.round(share * round(b_imp)).to(torch.int64).clamp(low, None).minimum(caps)
-        return _repair(q, min(total, int(caps.sum())), low, caps)
+        caps = caps.clamp_min(1).minimum(counts)
+        ideal = share * round(b_imp)
+        q = torch.round(ideal).to(torch.int64).clamp(low, None).minimum(caps)
+        return _repair(q, min(total, int(caps.sum())), low, caps, ideal)
 
 
-def _repair(q: Tensor, total: int, low: int, caps: Tensor) -> Tensor:
-    """Decrement the largest / increment the smallest quota until the sum is ``total``."""
+def _repair(q: Tensor, total: int, low: int, caps: Tensor, ideal: Tensor) -> Tensor:
+    """Move quotas one token at a time until they sum to ``total``: take from the frame most above its
+    ideal share, give to the frame most below it (with equal shares: the largest / the smallest quota)."""
     for _ in range(4 * q.numel() + total):  # bounded: each round moves the sum by one
         diff = total - int(q.sum())
         if diff == 0:
             break
+        excess = q - ideal
         if diff < 0:
-            q[int(torch.argmax(torch.where(q > low, q, -1)))] -= 1
+            q[int(torch.argmax(torch.where(q > low, excess, -math.inf)))] -= 1
         else:
-            q[int(torch.argmin(torch.where(q < caps, q, torch.iinfo(torch.int64).max)))] += 1
+            q[int(torch.argmin(torch.where(q < caps, excess, math.inf)))] += 1
     return q
