@@ -24,9 +24,8 @@ def model_card(cfg: Any, state: Any, metrics: dict[str, dict[str, float]]) -> st
     )
     curriculum = getattr(cfg, "curriculum_steps", 0)
     grounding = (
-        f"\n- grounding: linear colour, shape and position read-outs on every visual token (the object"
-        " whose centre lies in the token's cell; position in 12 bins per axis), first alone on single frames"
-        f" for {getattr(cfg, 'vision_steps', 0)} steps of"
+        f"\n- grounding: linear colour and shape read-outs on every visual token (the object whose centre lies in"
+        f" the token's cell), first alone on single frames for {getattr(cfg, 'vision_steps', 0)} steps of"
         f" {getattr(cfg, 'vision_batch', 0)} frames (vision tower + projector only), then beside the question"
         " loss; the read-outs are dropped from the shipped model"
         if getattr(cfg, "grounding", False)

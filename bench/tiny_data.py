@@ -23,7 +23,7 @@ VISION_SEED_BASE = 500_000_000  # streams for the vision pretraining (above ever
 HELDOUT_SEED_LIMIT = 100_000
 LONG_STEP_S = 15.0
 LONG_FRAMES = 16
-POSITION_BINS = 12  # position classes of the grounding targets along each axis of the frame
+OFFSET_BINS = 4  # per-cell position classes of the grounding targets, along each axis
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,13 @@ def _first_seen(track: ObjectTrack, times: np.ndarray) -> float:
 def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Per-frame, per-cell ground truth int64 [F, rows*cols, 4] for the auxiliary grounding loss of the
     vision side: (colour, shape, x bin, y bin) of the object whose centre lies in the cell; 0 = none,
-    else 1 + index in COLOURS / SHAPES, and 1 + which of ``POSITION_BINS`` slices of the frame the
-    centre is in along x / y.
+    else 1 + index in COLOURS / SHAPES, and 1 + which of ``OFFSET_BINS`` slices of the cell the centre
+    is in along x / y.
 
     Labelling the centre's cell only (not every cell a shape overlaps) measured better: a cell holding a
     corner of a shape cannot tell a square from a circle, the centre's cell with its neighbours can. The
-    position bins make every token say where its object is, finer than its cell: "which way did it
-    move" compares positions across frames, objects move less than a cell in a few seconds, and the
-    LLM cannot read a token's cell from its place in the sequence."""
+    offset bins make the tokens say where in their cell the object is: objects move less than a cell
+    in a few seconds, and "which way did it move" needs that finer position."""
     rows, cols = grid
     out = np.zeros((len(times), rows * cols, 4), dtype=np.int64)
     colours, shapes = list(COLOURS), list(SHAPES)
@@ -79,8 +78,9 @@ def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[i
             if not trk.visible(float(t)):
                 continue
             x, y = trk.position(float(t))
-            cell = min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1)
-            x_bin, y_bin = (min(int(v * POSITION_BINS), POSITION_BINS - 1) for v in (x, y))
+            gx, gy = min(x * cols, cols - 1e-6), min(y * rows, rows - 1e-6)
+            cell = int(gy) * cols + int(gx)
+            x_bin, y_bin = int((gx % 1) * OFFSET_BINS), int((gy % 1) * OFFSET_BINS)
             out[f, cell] = (1 + colours.index(trk.colour), 1 + shapes.index(trk.shape), 1 + x_bin, 1 + y_bin)
     return out
 

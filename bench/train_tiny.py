@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import typer
 
 from bench.tiny_data import (
-    POSITION_BINS,
+    OFFSET_BINS,
     VISION_SEED_BASE,
     Clip,
     batch_plans,
@@ -84,23 +84,23 @@ def adapter_for(model, tokenizer) -> LlavaOneVision:  # type: ignore[no-untyped-
 
 
 class GroundingHeads(torch.nn.Module):
-    """Training-only linear read-outs of colour, shape and position from every visual token (not shipped).
+    """Training-only linear read-outs of colour, shape and in-cell position from every visual token (not shipped).
 
     The answer letter is one token per question, too sparse a signal to teach a vision tower from
     scratch what an object looks like; these heads give every visual token of every frame a target
-    (which object, if any, has its centre in the token's cell, and where in the frame), so the visual
+    (which object, if any, has its centre in the token's cell, and where in the cell), so the visual
     tokens become linearly readable object descriptions early and the LLM only has to learn to use them."""
 
-    def __init__(self, dim: int, classes: int = 5, position_bins: int = POSITION_BINS) -> None:
+    def __init__(self, dim: int, classes: int = 5, offset_bins: int = OFFSET_BINS) -> None:
         super().__init__()
         self.colour = torch.nn.Linear(dim, classes)
         self.shape = torch.nn.Linear(dim, classes)
-        self.position = torch.nn.Linear(dim, 2 * (position_bins + 1))
+        self.offset = torch.nn.Linear(dim, 2 * (offset_bins + 1))
 
     def loss(self, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """feats [F, N, D], targets int64 [F, N, 4] (``cell_targets``) -> summed mean cross-entropies."""
         flat, tgt = feats.reshape(-1, feats.shape[-1]).float(), targets.reshape(-1, 4)
-        x_logits, y_logits = self.position(flat).chunk(2, dim=-1)
+        x_logits, y_logits = self.offset(flat).chunk(2, dim=-1)
         return (
             F.cross_entropy(self.colour(flat), tgt[:, 0])
             + F.cross_entropy(self.shape(flat), tgt[:, 1])

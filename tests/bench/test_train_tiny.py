@@ -12,7 +12,7 @@ import torch
 
 from bench.streamgen import COLOURS, SHAPES
 from bench.tiny_data import (
-    POSITION_BINS,
+    OFFSET_BINS,
     VISION_SEED_BASE,
     BatchPlan,
     batch_plans,
@@ -101,8 +101,8 @@ def test_cell_targets_when_object_centre_in_a_cell_then_only_that_cell_is_labell
             colour = list(COLOURS).index(trk.colour) + 1
             assert targets[f, cell, 0] == colour and targets[f, cell, 1] == SHAPES.index(trk.shape) + 1
             x_bin, y_bin = targets[f, cell, 2] - 1, targets[f, cell, 3] - 1
-            assert x_bin / POSITION_BINS <= x < (x_bin + 1) / POSITION_BINS
-            assert y_bin / POSITION_BINS <= y < (y_bin + 1) / POSITION_BINS
+            assert (cell % 3 + x_bin / OFFSET_BINS) / 3 <= x < (cell % 3 + (x_bin + 1) / OFFSET_BINS) / 3
+            assert (cell // 3 + y_bin / OFFSET_BINS) / 3 <= y < (cell // 3 + (y_bin + 1) / OFFSET_BINS) / 3
 
 
 def test_vision_batch_when_drawn_then_frames_match_their_labels() -> None:
