@@ -23,7 +23,6 @@ VISION_SEED_BASE = 500_000_000  # streams for the vision pretraining (above ever
 HELDOUT_SEED_LIMIT = 100_000
 LONG_STEP_S = 15.0
 LONG_FRAMES = 16
-OFFSET_BINS = 4  # per-cell position classes of the grounding targets, along each axis
 
 
 @dataclass(frozen=True)
@@ -61,27 +60,21 @@ def _first_seen(track: ObjectTrack, times: np.ndarray) -> float:
 
 
 def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Per-frame, per-cell ground truth int64 [F, rows*cols, 4] for the auxiliary grounding loss of the
-    vision side: (colour, shape, x bin, y bin) of the object whose centre lies in the cell; 0 = none,
-    else 1 + index in COLOURS / SHAPES, and 1 + which of ``OFFSET_BINS`` slices of the cell the centre
-    is in along x / y.
+    """Per-frame, per-cell ground truth int64 [F, rows*cols, 2] (colour, shape; 0 = no object centre in
+    the cell, else 1 + index in COLOURS / SHAPES) for the auxiliary grounding loss of the vision side.
 
     Labelling the centre's cell only (not every cell a shape overlaps) measured better: a cell holding a
-    corner of a shape cannot tell a square from a circle, the centre's cell with its neighbours can. The
-    offset bins make the tokens say where in their cell the object is: objects move less than a cell
-    in a few seconds, and "which way did it move" needs that finer position."""
+    corner of a shape cannot tell a square from a circle, the centre's cell with its neighbours can."""
     rows, cols = grid
-    out = np.zeros((len(times), rows * cols, 4), dtype=np.int64)
+    out = np.zeros((len(times), rows * cols, 2), dtype=np.int64)
     colours, shapes = list(COLOURS), list(SHAPES)
     for f, t in enumerate(times):
         for trk in tracks:
             if not trk.visible(float(t)):
                 continue
             x, y = trk.position(float(t))
-            gx, gy = min(x * cols, cols - 1e-6), min(y * rows, rows - 1e-6)
-            cell = int(gy) * cols + int(gx)
-            x_bin, y_bin = int((gx % 1) * OFFSET_BINS), int((gy % 1) * OFFSET_BINS)
-            out[f, cell] = (1 + colours.index(trk.colour), 1 + shapes.index(trk.shape), 1 + x_bin, 1 + y_bin)
+            cell = min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1)
+            out[f, cell] = (1 + colours.index(trk.colour), 1 + shapes.index(trk.shape))
     return out
 
 
@@ -126,7 +119,7 @@ def short_clip(seed: int, frames: int, t0: float, size: int) -> Clip:
 
 def vision_batch(first_seed: int, count: int, size: int, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``count`` frames, one per training stream at a random time, with their per-cell targets:
-    uint8 [count, size, size, 3] and int64 [count, rows*cols, 4] (see ``cell_targets``)."""
+    uint8 [count, size, size, 3] and int64 [count, rows*cols, 2] (see ``cell_targets``)."""
     frames, targets = [], []
     for seed in range(first_seed, first_seed + count):
         rng = np.random.default_rng([seed, 11])

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 import typer
 
 from bench.tiny_data import (
-    OFFSET_BINS,
     VISION_SEED_BASE,
     Clip,
     batch_plans,
@@ -84,29 +83,22 @@ def adapter_for(model, tokenizer) -> LlavaOneVision:  # type: ignore[no-untyped-
 
 
 class GroundingHeads(torch.nn.Module):
-    """Training-only linear read-outs of colour, shape and in-cell position from every visual token (not shipped).
+    """Training-only linear read-outs of colour and shape from every visual token (not shipped).
 
     The answer letter is one token per question, too sparse a signal to teach a vision tower from
     scratch what an object looks like; these heads give every visual token of every frame a target
-    (which object, if any, has its centre in the token's cell, and where in the cell), so the visual
-    tokens become linearly readable object descriptions early and the LLM only has to learn to use them."""
+    (which object, if any, has its centre in the token's cell), so the visual tokens become linearly
+    readable object descriptions early and the LLM only has to learn to use them."""
 
-    def __init__(self, dim: int, classes: int = 5, offset_bins: int = OFFSET_BINS) -> None:
+    def __init__(self, dim: int, classes: int = 5) -> None:
         super().__init__()
         self.colour = torch.nn.Linear(dim, classes)
         self.shape = torch.nn.Linear(dim, classes)
-        self.offset = torch.nn.Linear(dim, 2 * (offset_bins + 1))
 
     def loss(self, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """feats [F, N, D], targets int64 [F, N, 4] (``cell_targets``) -> summed mean cross-entropies."""
-        flat, tgt = feats.reshape(-1, feats.shape[-1]).float(), targets.reshape(-1, 4)
-        x_logits, y_logits = self.offset(flat).chunk(2, dim=-1)
-        return (
-            F.cross_entropy(self.colour(flat), tgt[:, 0])
-            + F.cross_entropy(self.shape(flat), tgt[:, 1])
-            + 0.5 * F.cross_entropy(x_logits, tgt[:, 2])
-            + 0.5 * F.cross_entropy(y_logits, tgt[:, 3])
-        )
+        """feats [F, N, D], targets int64 [F, N, 2] -> mean cross-entropy of both read-outs."""
+        flat, tgt = feats.reshape(-1, feats.shape[-1]).float(), targets.reshape(-1, 2)
+        return F.cross_entropy(self.colour(flat), tgt[:, 0]) + F.cross_entropy(self.shape(flat), tgt[:, 1])
 
 
 def encode_batch(adapter: LlavaOneVision, clips: list[Clip]) -> list:  # type: ignore[type-arg]

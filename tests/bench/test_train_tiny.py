@@ -12,7 +12,6 @@ import torch
 
 from bench.streamgen import COLOURS, SHAPES
 from bench.tiny_data import (
-    OFFSET_BINS,
     VISION_SEED_BASE,
     BatchPlan,
     batch_plans,
@@ -91,7 +90,7 @@ def test_batch_plans_when_curriculum_then_short_clips_first_and_full_range_later
 def test_cell_targets_when_object_centre_in_a_cell_then_only_that_cell_is_labelled() -> None:
     clip = short_clip(1_000_123, 6, 0.0, 48)
     targets = cell_targets(clip.tracks, clip.times, (3, 3))
-    assert targets.shape == (6, 9, 4)
+    assert targets.shape == (6, 9, 2)
     for f, t in enumerate(clip.times):
         visible = [trk for trk in clip.tracks if trk.visible(float(t))]
         assert (targets[f, :, 0] > 0).sum() == len(visible), "one labelled cell per visible object"
@@ -100,14 +99,11 @@ def test_cell_targets_when_object_centre_in_a_cell_then_only_that_cell_is_labell
             cell = min(int(y * 3), 2) * 3 + min(int(x * 3), 2)
             colour = list(COLOURS).index(trk.colour) + 1
             assert targets[f, cell, 0] == colour and targets[f, cell, 1] == SHAPES.index(trk.shape) + 1
-            x_bin, y_bin = targets[f, cell, 2] - 1, targets[f, cell, 3] - 1
-            assert (cell % 3 + x_bin / OFFSET_BINS) / 3 <= x < (cell % 3 + (x_bin + 1) / OFFSET_BINS) / 3
-            assert (cell // 3 + y_bin / OFFSET_BINS) / 3 <= y < (cell // 3 + (y_bin + 1) / OFFSET_BINS) / 3
 
 
 def test_vision_batch_when_drawn_then_frames_match_their_labels() -> None:
     frames, targets = vision_batch(VISION_SEED_BASE, 24, 48, (3, 3))
-    assert frames.shape == (24, 48, 48, 3) and targets.shape == (24, 9, 4)
+    assert frames.shape == (24, 48, 48, 3) and targets.shape == (24, 9, 2)
     palette = np.array(list(COLOURS.values()))
     for frame, target in zip(frames, targets, strict=True):
         for cell in np.flatnonzero(target[:, 0]):
