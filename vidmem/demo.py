@@ -140,15 +140,22 @@ def _report(
     answers = Table(title="answers")
     for column in ("question", "answer", "expected", "memory -> LLM tokens", "answer ms"):
         answers.add_column(column)
+    right = 0
     for question, demo_question in zip(questions, asked, strict=True):
         answer_ms = sum(question.timings.values()) if question.timings else 0.0
+        correct = bool(question.answer) and question.answer.strip().startswith(demo_question.expected or "\0")
+        right += correct
+        expected = demo_question.expected or "-"
         answers.add_row(
             escape(_compact(question.text)),
             escape(question.answer) if question.answer else f"[red]{question.status}: {escape(str(question.error))}",
-            demo_question.expected or "-",
+            f"{expected} {'(right)' if correct else '(wrong)'}" if demo_question.expected else expected,
             f"{question.visual_tokens_before} -> {question.visual_tokens_after}", f"{answer_ms:.0f}",
         )
     console.print(answers)
+    graded = sum(1 for q in asked if q.expected)
+    if graded:
+        console.print(f"{right} of {graded} answers match the generator's ground truth")
     figures = Table(title="pipeline")
     figures.add_column("figure")
     figures.add_column("value")
