@@ -59,6 +59,12 @@ def test_run_when_finished_then_policy_curve_and_checkpoint_and_resume(vlm, tmp_
     tokens = vlm.encode(training_clip(5_000_002, 64).frames[:4], [0.0, 1.0, 2.0, 3.0]).to_tokenset()
     kept = build_method("cacovid", stage=2, scorer=scorer).select(tokens, 3, SelectContext("which colour?", vlm))
     assert len(kept) == 3
+    # the shipped policy is the best held-out one (the first of equals)
+    best_value = max(v for _, v in summary["heldout_curve"])
+    assert summary["best"] == next([s, v] for s, v in summary["heldout_curve"] if v == best_value)
+    shipped = torch.load(cfg.out, weights_only=False)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert all(torch.equal(shipped["state_dict"][k], best["state_dict"][k]) for k in best["state_dict"])
     # resuming a finished run trains nothing more
     again = run(cfg, vlm, progress=False)
     assert again["train"] == summary["train"]
