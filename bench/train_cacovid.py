@@ -59,7 +59,7 @@ class TrainConfig:
     frame_size: int = 128  # rendered frame size (bench/accuracy's default)
     train_seed: int = 5_000_000  # clip seeds train_seed + i: apart from vidmem-tiny's and bench/accuracy's
     heldout_seed: int = 80_000  # held-out clips (below tiny_data.HELDOUT_SEED_LIMIT, apart from bench/accuracy's)
-    lr: float = 1e-3
+    lr: float = 3e-4  # measured on vidmem-tiny: at 1e-3 the held-out curve peaks at sample 300 and falls back
     layer_lr_scale: float = 0.1
     weight_decay: float = 0.01
     seed: int = 42
@@ -344,8 +344,8 @@ def plot_curves(runs: dict[str, dict], path: Path, ylabel: str = "held-out accur
 
 
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "grouped+balance": {},
-    "noisy-topk+balance": {"sampler": "noisy"},
+    "grouped+balance": {"balance": True},
+    "noisy-topk+balance": {"sampler": "noisy", "balance": True},
     "grouped-no-balance": {"balance": False},
 }
 
@@ -427,7 +427,9 @@ def cli(
     rollouts: Annotated[int, typer.Option(help="G: token-mode = 3G/4 - 1, frame-mode = G/4")] = 32,
     inner_iters: Annotated[int, typer.Option(help="optimiser steps per sample")] = RLConfig.inner_iters,
     sampler: Annotated[str, typer.Option(help="grouped | noisy (ablation)")] = "grouped",
-    balance: Annotated[bool, typer.Option(help="kept/dropped balance weights")] = True,
+    balance: Annotated[
+        bool, typer.Option(help="kept/dropped balance weights (off: they lowered held-out accuracy on vidmem-tiny)")
+    ] = False,
     ablate_all: Annotated[bool, typer.Option("--ablate", help="run the ablation variants")] = False,
     toy: Annotated[bool, typer.Option("--toy", help="with --ablate: on the pure-torch toy reward")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
