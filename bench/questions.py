@@ -94,7 +94,7 @@ def _one_per_shape(view: View, correct: str, pool: Sequence[str]) -> tuple[tuple
         if correct.endswith(f" {shape}"):
             choices.append(correct)
             continue
-        names = [n for n in pool if n.endswith(f" {shape}") and n != correct]
+        names = [n for n in pool if n.endswith(f" {shape}")]
         if not names:
             return None
         choices.append(view.pick(names))

@@ -181,10 +181,6 @@ def batch_plans(
         yield BatchPlan(seeds, "short", frames, t0, size)
 
 
-def _render(plan: BatchPlan) -> list[Clip]:
-    return plan.render()
-
-
 def rendered(plans: Iterator[BatchPlan], ahead: int = 2) -> Iterator[list[Clip]]:
     """The plans' clips, rendered ``ahead`` batches in advance in one child process.
 
@@ -195,10 +191,10 @@ def rendered(plans: Iterator[BatchPlan], ahead: int = 2) -> Iterator[list[Clip]]
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = deque(pool.submit(_render, plan) for plan in itertools.islice(plans, ahead))
+        pending = deque(pool.submit(plan.render) for plan in itertools.islice(plans, ahead))
         while pending:
             clips = pending.popleft().result()
-            pending.extend(pool.submit(_render, plan) for plan in itertools.islice(plans, 1))
+            pending.extend(pool.submit(plan.render) for plan in itertools.islice(plans, 1))
             yield clips
 
 

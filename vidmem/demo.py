@@ -143,13 +143,13 @@ def _report(
     right = 0
     for question, demo_question in zip(questions, asked, strict=True):
         answer_ms = sum(question.timings.values()) if question.timings else 0.0
-        correct = bool(question.answer) and question.answer.strip().startswith(demo_question.expected or "\0")
+        expected = demo_question.expected
+        correct = bool(expected and question.answer and question.answer.strip().startswith(expected))
         right += correct
-        expected = demo_question.expected or "-"
         answers.add_row(
             escape(_compact(question.text)),
             escape(question.answer) if question.answer else f"[red]{question.status}: {escape(str(question.error))}",
-            f"{expected} {'(right)' if correct else '(wrong)'}" if demo_question.expected else expected,
+            f"{expected} {'(right)' if correct else '(wrong)'}" if expected else "-",
             f"{question.visual_tokens_before} -> {question.visual_tokens_after}", f"{answer_ms:.0f}",
         )
     console.print(answers)

@@ -97,7 +97,7 @@ class CaCoVID:
         total = math.floor(b_imp)
         caps = torch.minimum(counts, torch.floor(p.imp_ratio * counts * p.clip_high * budget / k).to(torch.int64))
         low = 1 if total >= f else 0
-        caps = caps.clamp_min(1).minimum(counts)
+        caps = caps.clamp_min(1)  # every frame holds at least one token
         ideal = share * round(b_imp)
         q = torch.round(ideal).to(torch.int64).clamp(low, None).minimum(caps)
         return _repair(q, min(total, int(caps.sum())), low, caps, ideal)
