@@ -24,11 +24,21 @@ def model_card(cfg: Any, state: Any, metrics: dict[str, dict[str, float]]) -> st
     )
     curriculum = getattr(cfg, "curriculum_steps", 0)
     grounding = (
-        f"\n- grounding: linear colour and shape read-outs on every visual token (the object whose centre lies in"
-        f" the token's cell), first alone on single frames for {getattr(cfg, 'vision_steps', 0)} steps of"
-        f" {getattr(cfg, 'vision_batch', 0)} frames (vision tower + projector only), then beside the question"
+        f"\n- grounding: linear colour, shape and centre-position read-outs on every visual token (the object"
+        f" whose centre lies in the token's cell), first alone on single frames for"
+        f" {getattr(cfg, 'vision_steps', 0)} steps of {getattr(cfg, 'vision_batch', 0)} frames (vision tower +"
+        " projector only), then beside the question"
         " loss; the read-outs are dropped from the shipped model"
         if getattr(cfg, "grounding", False)
+        else ""
+    )
+    layer = getattr(cfg, "track_layer", 0)
+    tracks = (
+        f"\n- track read-outs: linear heads on the LLM's visual-token states after layer {layer}, weighted"
+        f" {getattr(cfg, 'track_weight', 0.0)}: per token the direction its object moves and whether the object is"
+        " new in this frame, per frame which objects were seen before and which of those are gone (labels from"
+        " the shown frames only, so causal); dropped from the shipped model"
+        if layer
         else ""
     )
     gain = getattr(getattr(cfg, "arch", None), "projector_gain", 1.0)
@@ -46,7 +56,7 @@ Load: `vlm.load_model("models/vidmem-tiny")` (or the setting `VIDMEM_MODEL=vidme
 ## Training
 - steps: {state.step}, wall time {state.elapsed / 60:.1f} min on {cfg.threads} CPU threads
 - clips per step: {cfg.clips_per_batch} (every question of each clip used, teacher-forced answer letter
-  and end-of-turn token){captions}{grounding}
+  and end-of-turn token){captions}{grounding}{tracks}
 - data: short clips (4-16 frames at 1 fps, random start second) and long-span clips (16 frames every
   15 s over 4 minutes, share {cfg.long_share}); rendered at {list(cfg.sizes)} px and resized by the adapter
 - curriculum: the first {curriculum} steps use clips of 1 to 4 frames (no long-span ones), the

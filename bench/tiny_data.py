@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.questions import Question, make_questions
-from bench.streamgen import COLOURS, SHAPES, ObjectTrack, Stream, StreamSpec
+from bench.questions import ALL_NAMES, Question, make_questions
+from bench.streamgen import COLOURS, DIRECTIONS, SHAPES, ObjectTrack, Stream, StreamSpec
 
 TRAIN_SEED_BASE = 1_000_000
 VISION_SEED_BASE = 500_000_000  # streams for the vision pretraining (above every question-training seed)
@@ -59,14 +59,20 @@ def _first_seen(track: ObjectTrack, times: np.ndarray) -> float:
     return float(times[(times >= track.t_in) & (times < track.t_out)][0])
 
 
+POSITION_SCALE = 1000  # cell_targets stores the object centre in thousandths of the frame
+
+
 def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Per-frame, per-cell ground truth int64 [F, rows*cols, 2] (colour, shape; 0 = no object centre in
-    the cell, else 1 + index in COLOURS / SHAPES) for the auxiliary grounding loss of the vision side.
+    """Per-frame, per-cell ground truth int64 [F, rows*cols, 4] for the auxiliary grounding loss of the
+    vision side: colour, shape (0 = no object centre in the cell, else 1 + index in COLOURS / SHAPES)
+    and the centre's x, y in thousandths of the frame (``POSITION_SCALE``; 0 where no centre).
 
     Labelling the centre's cell only (not every cell a shape overlaps) measured better: a cell holding a
-    corner of a shape cannot tell a square from a circle, the centre's cell with its neighbours can."""
+    corner of a shape cannot tell a square from a circle, the centre's cell with its neighbours can.
+    The exact centre is there because a cell is a third of the frame while an object moves 2 to 12 px
+    per second at the model's 96 px: direction of motion needs the position inside the cell."""
     rows, cols = grid
-    out = np.zeros((len(times), rows * cols, 2), dtype=np.int64)
+    out = np.zeros((len(times), rows * cols, 4), dtype=np.int64)
     colours, shapes = list(COLOURS), list(SHAPES)
     for f, t in enumerate(times):
         for trk in tracks:
@@ -74,8 +80,51 @@ def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[i
                 continue
             x, y = trk.position(float(t))
             cell = min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1)
-            out[f, cell] = (1 + colours.index(trk.colour), 1 + shapes.index(trk.shape))
+            out[f, cell] = (1 + colours.index(trk.colour), 1 + shapes.index(trk.shape),
+                            round(x * POSITION_SCALE), round(y * POSITION_SCALE))
     return out
+
+
+@dataclass(frozen=True)
+class TrackTargets:
+    """Causal per-token and per-frame history labels for the LLM-side read-outs (training only).
+
+    cells int64 [F, N, 2]: for the cell holding an object's centre, (direction index in DIRECTIONS
+    if the object was already in view at an earlier shown frame, 1 if this is its first shown frame
+    else 0); IGNORE (-100) elsewhere and at frame 0, where neither is defined. history float32
+    [F, 2 * len(ALL_NAMES)]: names in view at any earlier shown frame, then names seen earlier but
+    out of view now; history_mask bool [F] (False at frame 0)."""
+
+    cells: np.ndarray
+    history: np.ndarray
+    history_mask: np.ndarray
+
+
+IGNORE = -100
+
+
+def track_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[int, int]) -> TrackTargets:
+    """Labels only what the frames up to and including each one show (no look-ahead), so that a causal
+    LLM can compute every one of them at the frame's own tokens; see ``TrackTargets``."""
+    rows, cols = grid
+    frames = len(times)
+    cells = np.full((frames, rows * cols, 2), IGNORE, dtype=np.int64)
+    history = np.zeros((frames, 2 * len(ALL_NAMES)), dtype=np.float32)
+    seen: set[str] = set()
+    for f, t in enumerate(times):
+        here = [trk for trk in tracks if trk.visible(float(t))]
+        for name in seen:
+            history[f, ALL_NAMES.index(name)] = 1.0
+            if name not in {trk.name for trk in here}:
+                history[f, len(ALL_NAMES) + ALL_NAMES.index(name)] = 1.0
+        if f > 0:
+            for trk in here:
+                x, y = trk.position(float(t))
+                cell = min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1)
+                earlier = any(trk.visible(float(u)) for u in times[:f])
+                cells[f, cell] = (list(DIRECTIONS).index(trk.direction) if earlier else IGNORE, int(not earlier))
+        seen |= {trk.name for trk in here}
+    return TrackTargets(cells, history, np.arange(frames) > 0)
 
 
 def short_spec(seed: int, seconds: float, size: int, rng: np.random.Generator) -> StreamSpec:
@@ -119,7 +168,7 @@ def short_clip(seed: int, frames: int, t0: float, size: int) -> Clip:
 
 def vision_batch(first_seed: int, count: int, size: int, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``count`` frames, one per training stream at a random time, with their per-cell targets:
-    uint8 [count, size, size, 3] and int64 [count, rows*cols, 2] (see ``cell_targets``)."""
+    uint8 [count, size, size, 3] and int64 [count, rows*cols, 4] (see ``cell_targets``)."""
     frames, targets = [], []
     for seed in range(first_seed, first_seed + count):
         rng = np.random.default_rng([seed, 11])
