@@ -174,8 +174,9 @@ def test_forward_batch_when_track_heads_then_their_loss_is_added_and_trains(toke
     adapter = adapter_for(build_model(SMALL, tokenizer), tokenizer)
     tracks = TrackHeads(SMALL.text_hidden)
     clips = [short_clip(5, 6, 10.0, 48), short_clip(6, 6, 10.0, 48)]
-    plain = forward_batch(adapter, clips)[0]
+    plain = forward_batch(adapter, clips)[0].detach()
     with_tracks, _, _, stats = forward_batch(adapter, clips, tracks=tracks, track_layer=1, track_weight=1.0)
+    with_tracks = with_tracks.detach()
     assert float(with_tracks) > float(plain) and "history" in stats
     opt = torch.optim.AdamW([*adapter.model.parameters(), *tracks.parameters()], lr=1e-2)
     losses = []
