@@ -141,8 +141,8 @@ class TrackHeads(torch.nn.Module):
     moves), onset reaches 0.95. With it (``centre_weight`` 1, layer 2) direction reaches 0.93 and
     onset 0.98 by step 1000, but the answer accuracy stalls at 0.37 from step 400 on (shipped
     recipe: 0.55 at step 1000) and held-out "present" falls to chance as the direction read-out
-    rises -- three runs (centre in 1/24 or 1/6 frame units, track weight 0.5 or 0.25) alike: at
-    this width the read-outs compete with the answer path instead of feeding it."""
+    rises -- four runs (centre in 1/24 or 1/6 frame units, track weight 0.5 or 0.25, LLM 128 or
+    192 wide) alike: at this size the read-outs compete with the answer path instead of feeding it."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
