@@ -62,6 +62,12 @@ def _first_seen(track: ObjectTrack, times: np.ndarray) -> float:
 POSITION_SCALE = 1000  # cell_targets stores the object centre in thousandths of the frame
 
 
+def _cell_of(x: float, y: float, grid: tuple[int, int]) -> int:
+    """Row-major index of the grid cell holding the normalised point (x, y)."""
+    rows, cols = grid
+    return min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1)
+
+
 def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Per-frame, per-cell ground truth int64 [F, rows*cols, 4] for the auxiliary grounding loss of the
     vision side: colour, shape (0 = no object centre in the cell, else 1 + index in COLOURS / SHAPES)
@@ -79,7 +85,7 @@ def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[i
             if not trk.visible(float(t)):
                 continue
             x, y = trk.position(float(t))
-            cell = min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1)
+            cell = _cell_of(x, y, grid)
             out[f, cell] = (1 + colours.index(trk.colour), 1 + shapes.index(trk.shape),
                             round(x * POSITION_SCALE), round(y * POSITION_SCALE))
     return out
@@ -119,8 +125,7 @@ def track_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[
                 history[f, len(ALL_NAMES) + ALL_NAMES.index(name)] = 1.0
         if f > 0:
             for trk in here:
-                x, y = trk.position(float(t))
-                cell = min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1)
+                cell = _cell_of(*trk.position(float(t)), grid)
                 earlier = any(trk.visible(float(u)) for u in times[:f])
                 cells[f, cell] = (list(DIRECTIONS).index(trk.direction) if earlier else IGNORE, int(not earlier))
         seen |= {trk.name for trk in here}

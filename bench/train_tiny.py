@@ -212,8 +212,8 @@ def forward_batch(
     caption_weight: float = 1.0,
     tracks: TrackHeads | None = None,
     track_layer: int = 2,
-    track_weight: float = 0.5,
-    centre_weight: float = 1.0,
+    track_weight: float = TinyConfig.track_weight,
+    centre_weight: float = TinyConfig.centre_weight,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
     """Teacher-forced loss over every prompt of the batch; returns (loss, logits [B, V] and targets [B] at
     each prompt's first answer token; the multiple-choice questions come first within each clip; the
@@ -367,8 +367,8 @@ def train_step(
     caption_weight: float = 1.0,
     tracks: TrackHeads | None = None,
     track_layer: int = 2,
-    track_weight: float = 0.5,
-    centre_weight: float = 1.0,
+    track_weight: float = TinyConfig.track_weight,
+    centre_weight: float = TinyConfig.centre_weight,
 ) -> tuple[float, float, dict[str, float]]:
     """One optimiser step: (loss, answer-letter accuracy, track read-out accuracies)."""
     clips = [c for c in batch if c.questions]
