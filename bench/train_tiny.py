@@ -50,6 +50,7 @@ from bench.tiny_model import Arch, build_model, build_tokenizer, letter_ids, sav
 from compression.tokens import TokenBlock
 from vlm.base import IGNORE_INDEX
 from vlm.llava_onevision import LlavaOneVision
+from vlm.loader import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class TinyConfig:
     eval_every: int = 200  # held-out accuracy on 16 clips every so many steps (0: only at the end)
     checkpoint_every: int = 50
     threads: int = 1
+    device: str = "auto"  # auto | cpu | cuda (the shipped model was trained on the CPU)
     seed: int = 0
     arch: Arch = field(default_factory=Arch)
 
@@ -116,7 +118,7 @@ class GroundingHeads(torch.nn.Module):
         """feats [F, N, D], targets int64 [F, N, 4] (``cell_targets``) -> colour and shape cross-entropy
         plus ``position_weight`` x a smooth-L1 on the object centre, in units of 1/``POSITION_UNITS`` of
         the frame."""
-        flat, tgt = feats.reshape(-1, feats.shape[-1]).float(), targets.reshape(-1, 4)
+        flat, tgt = feats.reshape(-1, feats.shape[-1]).float(), targets.reshape(-1, 4).to(feats.device)
         loss = F.cross_entropy(self.colour(flat), tgt[:, 0]) + F.cross_entropy(self.shape(flat), tgt[:, 1])
         held = tgt[:, 0] > 0
         if held.any():
@@ -153,9 +155,9 @@ class TrackHeads(torch.nn.Module):
     def loss(self, states: torch.Tensor, targets: list[TrackTargets]) -> tuple[torch.Tensor, dict[str, float]]:
         """states [C, F, N, D] (clip, frame, cell), one TrackTargets per clip -> (loss, accuracies)."""
         flat = states.float()
-        cells = torch.from_numpy(np.stack([t.cells for t in targets]))  # [C, F, N, 2]
-        history = torch.from_numpy(np.stack([t.history for t in targets]))  # [C, F, 2 * names]
-        mask = torch.from_numpy(np.stack([t.history_mask for t in targets]))  # [C, F]
+        cells = torch.from_numpy(np.stack([t.cells for t in targets])).to(flat.device)  # [C, F, N, 2]
+        history = torch.from_numpy(np.stack([t.history for t in targets])).to(flat.device)  # [C, F, 2 * names]
+        mask = torch.from_numpy(np.stack([t.history_mask for t in targets])).to(flat.device)  # [C, F]
         total = flat.new_zeros(())
         stats: dict[str, float] = {}
         for name, head, tgt in (("direction", self.direction, cells[..., 0]), ("onset", self.onset, cells[..., 1])):
@@ -223,6 +225,7 @@ def forward_batch(
     (+ the grounding heads' loss when ``heads`` is given, + ``track_weight`` x the track read-outs' loss
     on layer ``track_layer`` when ``tracks`` is given): weighted per kind so that the many caption
     tokens do not drown the one-token answers."""
+    device = adapter.device
     feats, token_sets = _encode(adapter, clips)
     prompts = [clip_prompts(adapter, clip, ts, with_captions) for clip, ts in zip(clips, token_sets, strict=True)]
     flat = [p for ps in prompts for p in ps]
@@ -233,16 +236,16 @@ def forward_batch(
     cache = out.past_key_values
     track_loss, stats = None, {}
     if tracks is not None:
-        rows = torch.stack([ps[0].token_rows for ps in prompts])  # [C, K], K = F * N (frame-major)
+        rows = torch.stack([ps[0].token_rows for ps in prompts]).to(device)  # [C, K], K = F * N (frame-major)
         states = torch.stack([out.hidden_states[track_layer][i, r] for i, r in enumerate(rows)])  # [C, K, D]
         states = states.reshape(len(clips), len(clips[0].times), -1, states.shape[-1])  # [C, F, N, D]
         targets = [track_targets(c.tracks, c.times, adapter.grid) for c in clips]
         track_loss, stats = tracks.loss(states, targets)
-    owner = torch.tensor([i for i, ps in enumerate(prompts) for _ in ps])
+    owner = torch.tensor([i for i, ps in enumerate(prompts) for _ in ps], device=device)
     cache.batch_select_indices(owner)
     suffix, mask, labels = _pad_suffixes(adapter, flat, plen)
-    positions = plen + torch.arange(suffix.shape[1])[None].expand(len(flat), -1)
-    attn = torch.cat([torch.ones(len(flat), plen, dtype=torch.long), mask], dim=1)
+    positions = plen + torch.arange(suffix.shape[1], device=device)[None].expand(len(flat), -1)
+    attn = torch.cat([torch.ones(len(flat), plen, dtype=torch.long, device=device), mask], dim=1)
     hidden = lm(
         inputs_embeds=suffix, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
     ).last_hidden_state  # [B, S, D]
@@ -251,7 +254,9 @@ def forward_batch(
     sel = target != IGNORE_INDEX
     logits = adapter.model.lm_head(hidden[:, :-1][sel])  # [T, V]
     token_loss = F.cross_entropy(logits.float(), target[sel], reduction="none")  # [T]
-    is_mc = torch.tensor([i < len(c.questions) for c, ps in zip(clips, prompts, strict=True) for i in range(len(ps))])
+    is_mc = torch.tensor(
+        [i < len(c.questions) for c, ps in zip(clips, prompts, strict=True) for i in range(len(ps))], device=device
+    )
     token_mc = is_mc[:, None].expand_as(sel)[sel]  # [T]
     loss = token_loss[token_mc].mean()
     if (~token_mc).any():
@@ -262,8 +267,9 @@ def forward_batch(
     if track_loss is not None:
         loss = loss + track_weight * track_loss
     first = sel.float().argmax(1)  # position of each answer letter
-    letter_logits = adapter.model.lm_head(hidden[torch.arange(len(flat)), first])
-    return loss, letter_logits.detach(), target[torch.arange(len(flat)), first], stats
+    every = torch.arange(len(flat), device=device)
+    letter_logits = adapter.model.lm_head(hidden[every, first])
+    return loss, letter_logits.detach(), target[every, first], stats
 
 
 def _pad_suffixes(adapter: LlavaOneVision, prompts: list, plen: int) -> tuple[torch.Tensor, ...]:  # type: ignore[type-arg]
@@ -273,7 +279,7 @@ def _pad_suffixes(adapter: LlavaOneVision, prompts: list, plen: int) -> tuple[to
     labels = torch.nn.utils.rnn.pad_sequence(
         [p.labels[plen:] for p in prompts], batch_first=True, padding_value=IGNORE_INDEX
     )
-    return emb, mask, labels
+    return emb, mask.to(emb.device), labels.to(emb.device)
 
 
 def lr_at(cfg: TinyConfig, step: int, progress: float) -> float:
@@ -314,18 +320,19 @@ def save_checkpoint(cfg: TinyConfig, model, opt, state: State, heads=None) -> No
 
 
 RUN_LENGTH = ("out", "work_dir", "steps", "max_minutes", "eval_every", "checkpoint_every", "threads", "heldout_clips")
+MOVABLE = (*RUN_LENGTH, "device")  # a run may also resume on another device
 
 
 def _identity(config: dict) -> dict:
-    """The config fields a checkpoint must agree on (run length and output paths may change on resume)."""
-    return {k: v for k, v in config.items() if k not in RUN_LENGTH}
+    """The config fields a checkpoint must agree on (run length, output paths and device may change on resume)."""
+    return {k: v for k, v in config.items() if k not in MOVABLE}
 
 
 def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: ignore[no-untyped-def]
     path = _checkpoint_path(cfg)
     if not path.is_file():
         return State()
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=False, map_location="cpu")  # load_state_dict moves to the model's device
     if _identity(json.loads(ckpt["config"])) != _identity(json.loads(json.dumps(asdict(cfg)))):
         log.warning("checkpoint %s was written with another config; starting afresh", path)
         return State()
@@ -352,7 +359,7 @@ def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, 
                 continue
             logits, target = forward_batch(adapter, [clip])[1:3]
             for q, row, t in zip(clip.questions, logits, target, strict=True):
-                valid = torch.tensor(letters[: len(q.choices)])
+                valid = torch.tensor(letters[: len(q.choices)], device=row.device)
                 results.append((q.qtype, bool(valid[row[valid].argmax()] == t)))
     adapter.model.train(was_training)
     return accuracy_by_type(results)
@@ -384,21 +391,23 @@ def train_step(
     opt.step()
     per_clip = [len(c.questions) + len(c.captions) * captions for c in clips]
     is_mc = torch.tensor([i < len(c.questions) for c, n in zip(clips, per_clip, strict=True) for i in range(n)])
-    acc = float((logits.argmax(-1) == target)[is_mc].float().mean())
+    acc = float((logits.argmax(-1) == target)[is_mc.to(target.device)].float().mean())
     return float(loss.detach()), acc, stats
 
 
 def run(cfg: TinyConfig) -> dict:
     """Train (resuming from the work dir's checkpoint), evaluate on held-out clips, write the model folder."""
     torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     tokenizer = build_tokenizer(cfg.arch.vocab_size)
-    model = build_model(cfg.arch, tokenizer, seed=cfg.seed)
+    model = build_model(cfg.arch, tokenizer, seed=cfg.seed).to(device)
     adapter = adapter_for(model, tokenizer)
     heads = torch.nn.ModuleDict()
     if cfg.grounding:
         heads["grounding"] = GroundingHeads(cfg.arch.text_hidden)
     if cfg.track_layer:
         heads["tracks"] = TrackHeads(cfg.arch.text_hidden)
+    heads.to(device)
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     state = load_checkpoint(cfg, model, opt, heads)
@@ -444,7 +453,7 @@ def pretrain_vision(cfg: TinyConfig, adapter: LlavaOneVision, heads: GroundingHe
             frames, targets = vision_batch(seed, cfg.vision_batch, size, adapter.grid)
             seed += cfg.vision_batch
             feats = adapter.video_features(adapter.pixel_values(frames))
-            loss = heads.loss(feats, torch.from_numpy(targets), cfg.centre_weight)
+            loss = heads.loss(feats, torch.from_numpy(targets).to(feats.device), cfg.centre_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -564,6 +573,9 @@ def cli(
         int, typer.Option(help="held-out check every so many steps (0: at the end)")
     ] = TinyConfig.eval_every,
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared, busy CPU)")] = 1,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = TinyConfig.device,
+    text_layers: Annotated[int, typer.Option(help="LLM depth")] = Arch.text_layers,
+    text_hidden: Annotated[int, typer.Option(help="LLM width (a multiple of the 4 heads)")] = Arch.text_hidden,
     seed: Annotated[int, typer.Option(help="init and data seed")] = 0,
     track_layer: Annotated[
         int, typer.Option(help="LLM layer of the track read-outs (0: none)")
@@ -582,7 +594,9 @@ def cli(
         clips_per_batch=clips_per_batch,
         eval_every=eval_every,
         threads=threads,
+        device=device,
         seed=seed,
+        arch=Arch(text_layers=text_layers, text_hidden=text_hidden),
         track_layer=track_layer,
         centre_weight=centre_weight,
     )

@@ -80,6 +80,20 @@ def test_run_when_interrupted_then_resumes_and_writes_loadable_folder(tmp_path: 
     assert model.trained and model.grid == (1, 1)
 
 
+def test_run_when_resumed_with_another_device_setting_then_continues(tmp_path: Path) -> None:
+    run(_small_config(tmp_path, steps=2, device="cpu"))
+    again = run(_small_config(tmp_path, steps=3, device="auto"))
+    assert again["resumed_from"] == 2, "the device is not part of a checkpoint's identity"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_when_on_cuda_then_trains_and_writes_a_folder_that_loads_on_cpu(tmp_path: Path) -> None:
+    result = run(_small_config(tmp_path, steps=2, device="cuda"))
+    assert result["steps"] == 2
+    model = load_model(str(tmp_path / "model"), device="cpu", dtype="float32")
+    assert model.trained and model.device.type == "cpu"
+
+
 def test_batch_plan_when_rendered_then_clips_share_times() -> None:
     plan = BatchPlan((1_000_001, 1_000_002), "short", 6, 30.0, 48)
     clips = plan.render()
