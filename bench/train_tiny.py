@@ -319,13 +319,14 @@ def save_checkpoint(cfg: TinyConfig, model, opt, state: State, heads=None) -> No
     tmp.replace(path)
 
 
-RUN_LENGTH = ("out", "work_dir", "steps", "max_minutes", "eval_every", "checkpoint_every", "threads", "heldout_clips")
-MOVABLE = (*RUN_LENGTH, "device")  # a run may also resume on another device
+# how long a run goes, where it writes and what it runs on may change on resume
+RUN_LENGTH = ("out", "work_dir", "steps", "max_minutes", "eval_every", "checkpoint_every", "heldout_clips")
+MAY_CHANGE_ON_RESUME = (*RUN_LENGTH, "threads", "device")
 
 
 def _identity(config: dict) -> dict:
     """The config fields a checkpoint must agree on (run length, output paths and device may change on resume)."""
-    return {k: v for k, v in config.items() if k not in MOVABLE}
+    return {k: v for k, v in config.items() if k not in MAY_CHANGE_ON_RESUME}
 
 
 def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: ignore[no-untyped-def]
@@ -390,8 +391,10 @@ def train_step(
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     per_clip = [len(c.questions) + len(c.captions) * captions for c in clips]
-    is_mc = torch.tensor([i < len(c.questions) for c, n in zip(clips, per_clip, strict=True) for i in range(n)])
-    acc = float((logits.argmax(-1) == target)[is_mc.to(target.device)].float().mean())
+    is_mc = torch.tensor(
+        [i < len(c.questions) for c, n in zip(clips, per_clip, strict=True) for i in range(n)], device=target.device
+    )
+    acc = float((logits.argmax(-1) == target)[is_mc].float().mean())
     return float(loss.detach()), acc, stats
 
 
@@ -453,7 +456,7 @@ def pretrain_vision(cfg: TinyConfig, adapter: LlavaOneVision, heads: GroundingHe
             frames, targets = vision_batch(seed, cfg.vision_batch, size, adapter.grid)
             seed += cfg.vision_batch
             feats = adapter.video_features(adapter.pixel_values(frames))
-            loss = heads.loss(feats, torch.from_numpy(targets).to(feats.device), cfg.centre_weight)
+            loss = heads.loss(feats, torch.from_numpy(targets), cfg.centre_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
