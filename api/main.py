@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 
+from api.deps import refuse_control_in_path
+from api.errors import error_responses, install_error_handlers
+from api.limits import BodyLimit
 from api.routes import metrics, questions, streams, webrtc
-from store.repo import NotFound
 from workers.runtime import Runtime
 
-ROUTERS = [streams.router, questions.router, webrtc.router, metrics.router]
+COMMON_ERRORS = (413, 422, 503)
+ROUTERS = [
+    (streams.router, (401, 404, 409)),
+    (questions.router, (401, 404)),
+    (webrtc.router, (400, 401, 409)),
+    (metrics.router, ()),
+]
+"""Each router with the error statuses its routes may answer besides the common ones (documented)."""
 
 
 def create_app(runtime: Runtime) -> FastAPI:
+    settings = runtime.settings
     app = FastAPI(
         title="vidmem",
         summary="Ask questions about live video streams.",
         version="0.1.0",
+        responses=error_responses(*COMMON_ERRORS),
+        dependencies=[Depends(refuse_control_in_path)],
     )
     app.state.runtime = runtime
-    for router in ROUTERS:
-        app.include_router(router)
-    app.add_exception_handler(NotFound, _not_found)
+    for router, codes in ROUTERS:
+        app.include_router(router, responses=error_responses(*codes))
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimit, default=settings.max_body_bytes, by_suffix={"/webrtc": settings.max_sdp_body_bytes}
+    )
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:
@@ -29,7 +43,3 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"status": "ok"}
 
     return app
-
-
-async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=404, content={"detail": str(exc)})

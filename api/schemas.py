@@ -2,16 +2,67 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+LINE_BREAKS = frozenset("\t\n\r")
+NAME_MAX_CHARS = 200
+"""The length of ``streams.name``; a name made from a long source is cut to it."""
+MAX_SKIP = 2**31 - 1
+"""The largest ``skip`` any list accepts: far past any real history, and an offset every database takes."""
+
+
+def _no_control(allowed: frozenset[str]):  # type: ignore[no-untyped-def]
+    """A validator refusing lone surrogates and control characters other than ``allowed``.
+
+    Refused rather than stripped: a NUL breaks PostgreSQL text, a lone surrogate any UTF-8
+    encoder, other control characters hide in logs and pages. (Pydantic itself refuses lone
+    surrogates only in strings with a length constraint.)
+    """
+
+    def check(value: str) -> str:
+        for position, char in enumerate(value):
+            category = unicodedata.category(char)
+            if category == "Cs":
+                raise ValueError(f"is not unicode text: a lone surrogate (U+{ord(char):04X}) at position {position}")
+            if category == "Cc" and char not in allowed:
+                raise ValueError(f"contains a control character (U+{ord(char):04X}) at position {position}")
+        return value
+
+    return check
+
+
+PlainText = Annotated[str, AfterValidator(_no_control(frozenset()))]
+"""One line of printable text: names and labels."""
+LongText = Annotated[str, AfterValidator(_no_control(LINE_BREAKS))]
+"""Free text that may span lines (tabs and line breaks allowed, other control characters not)."""
+Seconds = Annotated[
+    float | None,
+    Field(ge=0, allow_inf_nan=False, strict=True, description="stream time in seconds: a finite number >= 0"),
+]
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: 'body', 'query', 'path' or 'header', then the field")
+    msg: str
+    type: str
+
+
+class Error(BaseModel):
+    """The body of every error response (4xx and 5xx)."""
+
+    detail: str = Field(description="what went wrong, in words; names the field at fault when there is one")
+    field: str | None = Field(None, description="the first field at fault, dotted: 'body.window_end', 'query.skip'")
+    errors: list[ErrorItem] = Field(default_factory=list, description="every validation failure, for 422")
 
 
 class StreamCreate(BaseModel):
     source: str = Field(..., min_length=1, max_length=4000, description="rtsp://, http(s)://, file path or URL")
-    name: str | None = Field(None, max_length=200)
-    loop: bool = Field(False, description="replay a file source forever, as a live camera would")
+    name: PlainText | None = Field(None, max_length=NAME_MAX_CHARS)
+    loop: bool = Field(False, strict=True, description="replay a file source forever, as a live camera would")
 
 
 class StreamPublic(BaseModel):
@@ -31,13 +82,24 @@ class StreamPublic(BaseModel):
 
 class StreamsPublic(BaseModel):
     data: list[StreamPublic]
-    count: int
+    count: int = Field(description="streams matching the filter, over all pages")
+    skip: int = 0
+    limit: int | None = None
 
 
 class QuestionCreate(BaseModel):
-    text: str = Field(..., min_length=1, description="the question; at most the configured length")
-    window_start: float | None = Field(None, description="only look at video after this stream time (s)")
-    window_end: float | None = Field(None, description="only look at video before this stream time (s)")
+    text: LongText = Field(..., min_length=1, description="the question; at most the configured length")
+    window_start: Seconds = Field(None, description="only look at video after this stream time (s)")
+    window_end: Seconds = Field(None, description="only look at video before this stream time (s); >= window_start")
+
+    @field_validator("window_end")
+    @classmethod
+    def _ordered(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """An inverted window holds no video: refuse it rather than answer "nothing seen"."""
+        start = info.data.get("window_start")
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"must not be before window_start ({start:g} s)")
+        return value
 
 
 class QuestionQueued(BaseModel):

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from compression.ops import cosine_rows, stable_argsort
-from compression.tokens import TokenSet, pack_header, unpack_header
+from compression.tokens import StoredFormatError, TokenSet, pack_tensors, unpack_tensors
 
-MAGIC = b"VMMEM1"
+_COUNTS = ("budget_tokens", "chunks_applied", "tokens_seen", "tokens_evicted", "tokens_merged")
 HELD_DTYPE = torch.float16  # features are held as they are serialised
 JOIN_BELOW_ELEMENTS = 1 << 16  # feature parts smaller than this (in all) are joined by one copy (128 KiB in fp16)
 
@@ -103,11 +103,10 @@ class Memory:
 
     @cached_property
     def _bytes(self) -> bytes:
-        return pack_header(MAGIC, {
-            "budget_tokens": self.budget_tokens, "chunks_applied": self.chunks_applied,
-            "tokens_seen": self.tokens_seen, "tokens_evicted": self.tokens_evicted,
-            "tokens_merged": self.tokens_merged, "stats": self.stats,
-        }) + self.tokens.to_bytes()
+        """safetensors: the tokens' tensors under ``tokens.``; counts, stats and the grid in the JSON metadata."""
+        tensors, token_meta = self.tokens.to_parts("tokens.")
+        meta = {name: getattr(self, name) for name in _COUNTS}
+        return pack_tensors("Memory", tensors, {**meta, "stats": self.stats, "tokens": token_meta})
 
     @property
     def nbytes(self) -> int:
@@ -116,9 +115,14 @@ class Memory:
 
     @staticmethod
     def from_bytes(data: bytes) -> Memory:
-        head, start = unpack_header(data, MAGIC, "Memory")
-        body = data[start:]
-        return Memory(tokens=TokenSet.from_bytes(body) if body else TokenSet.empty(1), **head)
+        """Read :meth:`to_bytes`; raises StoredFormatError (a ValueError) on anything else, never unpickles."""
+        tensors, meta = unpack_tensors(data, "Memory")
+        counts = {name: meta.get(name) for name in _COUNTS}
+        bad = [name for name, v in counts.items() if type(v) is not int or v < 0]
+        if bad or not isinstance(meta.get("stats"), dict):
+            raise StoredFormatError(f"stored Memory is malformed: {bad or 'stats'} not valid")
+        tokens = TokenSet.from_parts(tensors, meta.get("tokens"), "tokens.")
+        return Memory(tokens=tokens, stats=meta["stats"], **counts)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Each method is a class with a ``Params`` dataclass (its hyper-parameters and defaults) and a
 constructor ``cls(params, **objects)``. Stage 1 (query-agnostic, incremental) implements
-``init_state()`` and ``update(state, block) -> (state, TokenSet)``; stage 2 (query-aware)
+``init_state()`` and ``update(state, block) -> (state, TokenSet)``, where the state is a dict of
+tensors and JSON values (None, bool, int, float, str, lists, str-keyed dicts) so that
+:func:`state_to_bytes` stores it without pickle; stage 2 (query-aware)
 implements ``select(tokens, budget, context) -> TokenSet``. A class may serve both stages.
 Spec values are typed from the ``Params`` field annotations; absent keys keep their defaults.
 """
@@ -18,7 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from compression.tokens import TokenBlock, TokenSet
+from compression.tokens import StoredFormatError, TokenBlock, TokenSet, pack_tensors, unpack_tensors
+
+_TENSOR_REF = "$tensor"  # a JSON placeholder {"$tensor": name} for a tensor stored beside the JSON
 
 
 @runtime_checkable
@@ -47,6 +51,55 @@ class Stage1Method(Protocol):
     def init_state(self) -> dict: ...
 
     def update(self, state: dict, block: TokenBlock) -> tuple[dict, TokenSet]: ...
+
+
+def state_to_bytes(state: dict) -> bytes:
+    """A stage-1 state (tensors and JSON values, nested in dicts and lists) as safetensors plus JSON.
+
+    Raises TypeError for anything else (an object that only pickle could store).
+    """
+    tensors: dict[str, Tensor] = {}
+    tree = _encode(state, "state", tensors)
+    return pack_tensors("Stage1State", tensors, {"tree": tree})
+
+
+def state_from_bytes(data: bytes) -> dict:
+    """Read :func:`state_to_bytes`; raises StoredFormatError (a ValueError) on anything else, never unpickles."""
+    tensors, meta = unpack_tensors(data, "Stage1State")
+    try:
+        state = _decode(meta.get("tree"), tensors)
+    except RecursionError:
+        raise StoredFormatError("stored stage-1 state is malformed: nested too deeply") from None
+    if not isinstance(state, dict):
+        raise StoredFormatError("stored stage-1 state is malformed: not a dict")
+    return state
+
+
+def _encode(value: Any, path: str, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        tensors[path] = value
+        return {_TENSOR_REF: path}
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value) or _TENSOR_REF in value:
+            raise TypeError(f"stage-1 state {path}: dict keys must be strings other than {_TENSOR_REF!r}")
+        return {k: _encode(v, f"{path}.{k}", tensors) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"stage-1 state {path}: {type(value).__name__} cannot be stored (tensors and JSON values only)")
+
+
+def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_TENSOR_REF}:
+            if value[_TENSOR_REF] not in tensors:
+                raise StoredFormatError(f"stored stage-1 state is malformed: no tensor {value[_TENSOR_REF]!r}")
+            return tensors[value[_TENSOR_REF]]
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    return value
 
 
 class Stage2Method(Protocol):

@@ -12,14 +12,22 @@ import struct
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-import numpy as np
+import safetensors.torch
 import torch
 from torch import Tensor
 
-MAGIC = b"VMTS1"
+FORMAT_VERSION = 2  # of every stored memory blob; 1 was pickle/torch.save (records) with a hand-made layout inside
 _FIELDS = ("features", "time", "frame", "row", "col", "size")
-_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64, "int64": torch.int64,
-           "int32": torch.int32, "bool": torch.bool, "bfloat16": torch.bfloat16, "uint8": torch.uint8}
+_FIELD_FLOAT = {"time": True, "frame": False, "row": False, "col": False, "size": True}  # else integer
+_LEGACY = ((b"\x80", "a Python pickle"), (b"PK\x03\x04", "a torch.save archive"),
+           (b"VMTS1", "a version-1 TokenSet"), (b"VMMEM1", "a version-1 Memory"))
+
+
+class StoredFormatError(ValueError):
+    """Stored bytes this vidmem refuses to load: corrupt, of another kind, or in an older format.
+
+    Nothing stored is ever unpickled, so a compromised store can at worst make a load fail with this error.
+    """
 
 
 @dataclass(frozen=True)
@@ -166,21 +174,20 @@ class TokenSet:
         return replace(self, features=self.features.to(torch.float16))
 
     def to_bytes(self) -> bytes:
-        """Serialise: fp16 features, exact everything else. Round-trips exactly once features are fp16."""
+        """Serialise (safetensors): fp16 features, exact everything else. Round-trips exactly once features are fp16."""
         return self._bytes
 
     @cached_property
     def _bytes(self) -> bytes:
-        tensors = {name: getattr(self, name) for name in _FIELDS}
-        tensors["features"] = self.features.to(torch.float16)
-        tensors.update({f"side.{k}": v for k, v in self.side.items()})
-        header, chunks = {"grid": list(self.grid), "dim": self.dim, "tensors": []}, []
-        for name, t in tensors.items():
-            t = t.detach().cpu().contiguous()
-            raw = t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
-            header["tensors"].append([name, str(t.dtype).removeprefix("torch."), list(t.shape), len(raw)])
-            chunks.append(raw)
-        return pack_header(MAGIC, header) + b"".join(chunks)
+        tensors, meta = self.to_parts()
+        return pack_tensors("TokenSet", tensors, meta)
+
+    def to_parts(self, prefix: str = "") -> tuple[dict[str, Tensor], dict]:
+        """The set as named tensors (fp16 features) plus JSON metadata, for :func:`pack_tensors`."""
+        tensors = {prefix + name: getattr(self, name) for name in _FIELDS}
+        tensors[prefix + "features"] = self.features.to(torch.float16)
+        tensors.update({f"{prefix}side.{k}": v for k, v in self.side.items()})
+        return tensors, {"grid": list(self.grid), "dim": self.dim}
 
     @property
     def nbytes(self) -> int:
@@ -189,33 +196,95 @@ class TokenSet:
 
     @staticmethod
     def from_bytes(data: bytes) -> TokenSet:
-        header, offset = unpack_header(data, MAGIC, "TokenSet")
-        out = {}
-        for name, dtype, shape, length in header["tensors"]:
-            out[name] = _tensor(data[offset : offset + length], _DTYPES[dtype], shape)
-            offset += length
-        side = {k.removeprefix("side."): v for k, v in out.items() if k.startswith("side.")}
-        return TokenSet(*(out[name] for name in _FIELDS), side=side, grid=tuple(header["grid"]))
+        """Read :meth:`to_bytes`; raises StoredFormatError (a ValueError) on anything else."""
+        tensors, meta = unpack_tensors(data, "TokenSet")
+        return TokenSet.from_parts(tensors, meta)
+
+    @staticmethod
+    def from_parts(tensors: dict[str, Tensor], meta: dict, prefix: str = "") -> TokenSet:
+        """Rebuild from :meth:`to_parts`, checking names, dtypes and shapes, so later code never meets a
+        malformed set."""
+        missing = [name for name in _FIELDS if prefix + name not in tensors]
+        grid = meta.get("grid") if isinstance(meta, dict) else None
+        if missing or not _is_grid(grid):
+            raise StoredFormatError(f"stored TokenSet is malformed: missing {missing or 'a valid grid'}")
+        fields = {name: tensors[prefix + name] for name in _FIELDS}
+        side = {k.removeprefix(prefix + "side."): v for k, v in tensors.items() if k.startswith(prefix + "side.")}
+        _check_shapes(fields, side)
+        return TokenSet(*fields.values(), side=side, grid=(grid[0], grid[1]))
+
+def pack_tensors(kind: str, tensors: dict[str, Tensor], meta: dict) -> bytes:
+    """Named tensors in safetensors, with ``{"kind", "format", "meta"}`` as a JSON string in its metadata.
+
+    Tensors that share storage (e.g. a side field that is the time tensor itself) are copied apart,
+    as safetensors requires.
+    """
+    seen: set[int] = set()
+    flat = {}
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel():
+            t = t.clone()
+        seen.add(ptr)
+        flat[name] = t
+    head = json.dumps({"kind": kind, "format": FORMAT_VERSION, "meta": meta}, separators=(",", ":"))
+    return safetensors.torch.save(flat, metadata={"vidmem": head})
 
 
-def pack_header(magic: bytes, header: dict) -> bytes:
-    """``magic``, the length of the JSON header (uint32, little endian), then the header itself."""
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return magic + struct.pack("<I", len(head)) + head
+def unpack_tensors(data: bytes, kind: str) -> tuple[dict[str, Tensor], dict]:
+    """Read :func:`pack_tensors` bytes of ``kind``: (tensors on the CPU, meta). Never unpickles.
+
+    Raises StoredFormatError naming what is wrong: an older format (pickle, torch.save, version 1),
+    another kind, another format version, or bytes that are not valid safetensors.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise StoredFormatError(f"not a serialised {kind}: got {type(data).__name__}, not bytes")
+    data = bytes(data)
+    try:
+        tensors = safetensors.torch.load(data)
+        (n,) = struct.unpack_from("<Q", data)
+        head = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["vidmem"])
+    except Exception as exc:  # safetensors raises its own error types; any failure means unreadable bytes
+        raise StoredFormatError(_unreadable(data, kind, exc)) from None
+    if not isinstance(head, dict) or head.get("kind") != kind or not isinstance(head.get("meta"), dict):
+        found = head.get("kind") if isinstance(head, dict) else None
+        raise StoredFormatError(f"not a serialised {kind}: the stored blob is a {found!r}")
+    if head.get("format") != FORMAT_VERSION:
+        raise StoredFormatError(f"memory format changed: this {kind} is in format {head.get('format')!r}, "
+                                f"this vidmem reads format {FORMAT_VERSION}")
+    return {k: v.clone() for k, v in tensors.items()}, head["meta"]  # clone: writable, not views of ``data``
 
 
-def unpack_header(data: bytes, magic: bytes, what: str) -> tuple[dict, int]:
-    """The header written by :func:`pack_header` and the offset where the body starts."""
-    if data[: len(magic)] != magic:
-        raise ValueError(f"not a serialised {what}")
-    (n,) = struct.unpack_from("<I", data, len(magic))
-    start = len(magic) + 4
-    return json.loads(data[start : start + n]), start + n
+def legacy_format(data: bytes) -> str | None:
+    """What older vidmem format ``data`` looks like (pickle, torch.save, version 1), or None."""
+    return next((what for magic, what in _LEGACY if data.startswith(magic)), None)
 
 
-def _tensor(raw: bytes, dtype: torch.dtype, shape: list[int]) -> Tensor:
-    if not raw:
-        return torch.zeros(shape, dtype=dtype, device="cpu")
-    if dtype == torch.bfloat16:
-        return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(torch.bfloat16).reshape(shape)
-    return torch.from_numpy(np.frombuffer(raw, dtype=str(dtype).removeprefix("torch.")).copy()).reshape(shape)
+def _unreadable(data: bytes, kind: str, exc: Exception) -> str:
+    legacy = legacy_format(data)
+    if legacy:
+        return (f"memory format changed: this {kind} is {legacy} written by an older vidmem; it is refused, not "
+                f"unpickled or migrated. Delete the stream's stored memory to start it afresh")
+    return f"not a serialised {kind}: corrupt or unknown data ({type(exc).__name__}: {str(exc)[:200]})"
+
+
+def _is_grid(grid: object) -> bool:
+    return isinstance(grid, list) and len(grid) == 2 and all(type(g) is int and g > 0 for g in grid)
+
+
+def _check_shapes(fields: dict[str, Tensor], side: dict[str, Tensor]) -> None:
+    """Every per-token field holds K rows with the dtype the methods expect; features are [K, D] floats."""
+    features = fields["features"]
+    if features.dim() != 2 or not features.is_floating_point():
+        raise StoredFormatError(f"stored TokenSet is malformed: features {features.dtype} {list(features.shape)}")
+    k = features.shape[0]
+    for name, floating in _FIELD_FLOAT.items():
+        t = fields[name]
+        kind_ok = t.is_floating_point() if floating else not t.is_floating_point() and t.dtype != torch.bool
+        if not kind_ok or tuple(t.shape) != (k,):
+            raise StoredFormatError(f"stored TokenSet is malformed: {name} {t.dtype} {list(t.shape)}, "
+                                    f"expected {'floats' if floating else 'integers'} [{k}]")
+    for name, t in side.items():
+        if t.dim() == 0 or t.shape[0] != k:
+            raise StoredFormatError(f"stored TokenSet is malformed: side field {name!r} has shape {list(t.shape)}")

@@ -13,6 +13,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from ingest.destinations import DestinationPolicy
+
 CLOCK_RATE = 90_000  # ticks per second of the ingest timeline (the RTP video clock)
 TIME_BASE = Fraction(1, CLOCK_RATE)
 
@@ -118,12 +120,18 @@ class IngestConfig:
     allowed_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https", "file")
     allow_files: bool = True
     allow_devices: bool = False
+    # Networks and file folder sources may point to, re-checked before every connect; None: the caller's own
+    # check is all (library use). vidmem always passes the one built from its settings (workers.sources).
+    destinations: DestinationPolicy | None = None
     device_format: str = "v4l2"  # PyAV input format for device://... URLs (lavfi in tests)
     rtsp_transport: str = "tcp"  # or "udp"
     skip: SkipMode = SkipMode.AUTO
     export_motion: bool = False
     motion_grid: tuple[int, int] = (16, 16)  # (rows, cols) of Frame.motion
     ice_hosts: tuple[str, ...] = ()  # WebRTC: local addresses offered as ICE host candidates; () = all but loopback
+    ice_servers: tuple[str, ...] = ()  # WebRTC: STUN/TURN URLs (stun:host:port, turn:host?transport=tcp); () = none
+    ice_username: str | None = None  # TURN
+    ice_credential: str | None = field(default=None, repr=False)  # TURN password: kept out of reprs and logs
     queue_chunks: int = 8  # bound of the chunk queue between decoding and on_chunk
     drop_policy: DropPolicy | None = None  # None: BLOCK for files read as fast as possible, else DROP_OLDEST
     extra_options: dict[str, str] = field(default_factory=dict)  # more FFmpeg options, passed to av.open

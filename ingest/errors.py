@@ -13,3 +13,11 @@ class SourceRefused(IngestError):
 
 class SourceUnavailable(IngestError):
     """The source could not be opened or read (refused, timed out, corrupt); may be retried."""
+
+
+class SourceInvalid(SourceRefused):
+    """The source string itself is malformed (control characters, whitespace, not a URL); never retried."""
+
+
+class DestinationRefused(SourceRefused):
+    """The source points where the destination policy does not allow; the message never says more than that."""

@@ -105,7 +105,7 @@ class StreamIngest:
         if source.kind is SourceKind.WEBRTC:
             from ingest.webrtc import WebRTCReceiver  # aiortc is imported only for browser streams
 
-            return WebRTCReceiver(self.stream_id, source, self.config, self._stats, self.delivery, self._stop).run()
+            return WebRTCReceiver(self.stream_id, self.config, self._stats, self.delivery, self._stop).run()
         return _Supervisor(self, source).loop()
 
 
@@ -132,7 +132,10 @@ class _Supervisor:
         ever_connected = False
         self.delivery.report(StreamStatus.CONNECTING, f"opening {self.source}")
         while not self.stop.is_set():
-            result = self._connect_and_read()
+            try:
+                result = self._connect_and_read()
+            except SourceRefused as exc:  # the policy is re-checked at every connect: a name may re-resolve
+                return self.delivery.event(StreamStatus.FAILED, str(exc))
             ever_connected = ever_connected or (result is not None and result.frames > 0)
             self.pipeline.flush()
             if self.stop.is_set():

@@ -1,15 +1,20 @@
 """Receive a browser's webcam over WebRTC (aiortc) into the same pipeline as every other source.
 
-A stream whose URL is ``webrtc://<name>`` runs a ``WebRTCReceiver`` as its decode thread: an
+A stream whose URL is ``webrtc://...`` runs a ``WebRTCReceiver`` as its decode thread: an
 asyncio loop of its own that waits for SDP offers. The API hands an offer over with
-``answer_offer(name, sdp, type)`` (from any thread or event loop in the same process) and gets
-the answer back. Each offer replaces the previous peer connection; the time in between is a gap
-on the stream's timeline, like an RTSP reconnect. aiortc decodes every frame it receives (VP8 or
-H.264), so the page caps the browser's frame rate instead (see ``Answer.max_framerate``).
+``answer_offer(stream_id, sdp, type)`` (from any thread or event loop in the same process) and
+gets the answer back. Offers find their receiver by the stream's id, never by the name in its
+URL: a stream registered as ``webrtc://camA`` must not receive the offers meant for stream camA.
+Each offer replaces the previous peer connection; the time in between is a gap on the stream's
+timeline, like an RTSP reconnect. aiortc decodes every frame it receives (VP8 or H.264), so the
+page caps the browser's frame rate instead (see ``Answer.max_framerate``).
 
 ICE host candidates are the machine's addresses except loopback (aioice's default), or exactly
 ``IngestConfig.ice_hosts`` when set, e.g. ``("127.0.0.1",)`` on a loopback-only test network.
 aioice has no per-connection setting, so this is process-wide (``use_ice_hosts``).
+
+STUN and TURN servers are exactly ``IngestConfig.ice_servers`` (from the settings): none by
+default, because aiortc's own default sends a STUN request to a public server on every offer.
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ import time
 from dataclasses import dataclass
 
 import aioice.ice
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcicetransport import parse_stun_turn_uri
 
 from ingest.delivery import Delivery
 from ingest.entities import IngestConfig, StatusEvent, StreamStatus
 from ingest.errors import IngestError
 from ingest.pipeline import FramePipeline
-from ingest.sources import Source
 from ingest.stats import StatsBox
 from ingest.timeline import Timeline
 
@@ -39,7 +44,7 @@ _DEFAULT_HOST_ADDRESSES = aioice.ice.get_host_addresses
 
 
 class WebRTCNotReady(IngestError):
-    """No running WebRTC ingest has this name in this process (not started yet, or another process)."""
+    """No running WebRTC ingest has this stream id in this process (not started yet, or another process)."""
 
 
 @dataclass(frozen=True)
@@ -49,22 +54,22 @@ class Answer:
     max_framerate: float  # what the browser need send: more would be decoded only to be dropped
 
 
-_receivers: dict[str, WebRTCReceiver] = {}  # name -> running receiver; the process-wide rendezvous
+_receivers: dict[str, WebRTCReceiver] = {}  # stream id -> running receiver; the process-wide rendezvous
 _receivers_lock = threading.Lock()
 
 
-def is_waiting(name: str) -> bool:
-    """True when a WebRTC ingest named ``name`` runs in this process and takes offers."""
+def is_waiting(stream_id: str) -> bool:
+    """True when the WebRTC ingest of stream ``stream_id`` runs in this process and takes offers."""
     with _receivers_lock:
-        return name in _receivers
+        return stream_id in _receivers
 
 
-async def answer_offer(name: str, sdp: str, type_: str = "offer", timeout: float = 15.0) -> Answer:
-    """Give the offer to the receiver named ``name`` and return its answer (usable from any loop)."""
+async def answer_offer(stream_id: str, sdp: str, type_: str = "offer", timeout: float = 15.0) -> Answer:
+    """Give the offer to the receiver of stream ``stream_id`` and return its answer (usable from any loop)."""
     with _receivers_lock:
-        receiver = _receivers.get(name)
+        receiver = _receivers.get(stream_id)
     if receiver is None or receiver.loop is None:
-        raise WebRTCNotReady(f"no WebRTC ingest named {name!r} is running in this process")
+        raise WebRTCNotReady(f"no WebRTC ingest of stream {stream_id!r} is running in this process")
     future = asyncio.run_coroutine_threadsafe(receiver.accept(sdp, type_), receiver.loop)
     return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
 
@@ -77,42 +82,69 @@ def use_ice_hosts(hosts: tuple[str, ...]) -> None:
         aioice.ice.get_host_addresses = _DEFAULT_HOST_ADDRESSES
 
 
+def rtc_configuration(config: IngestConfig) -> RTCConfiguration:
+    """The peer connections' ICE servers: exactly the configured ones (aiortc's default is a public STUN server).
+
+    aiortc uses the first STUN and the first TURN URL only; TURN needs ``ice_username``/``ice_credential``.
+    """
+    if not config.ice_servers:
+        return RTCConfiguration(iceServers=[])
+    return RTCConfiguration(iceServers=[
+        RTCIceServer(urls=list(config.ice_servers), username=config.ice_username, credential=config.ice_credential),
+    ])
+
+
+def _malformed_ice_servers(urls: tuple[str, ...]) -> list[str]:
+    """URLs aiortc would refuse only when the first offer arrives, as if the offer were bad."""
+    bad = []
+    for url in urls:
+        try:
+            parse_stun_turn_uri(url)
+        except ValueError:
+            bad.append(url)
+    return bad
+
+
 class WebRTCReceiver:
     """The decode thread of a browser stream."""
 
     def __init__(
-        self, stream_id: str, source: Source, config: IngestConfig, stats: StatsBox, delivery: Delivery,
-        stop: threading.Event,
+        self, stream_id: str, config: IngestConfig, stats: StatsBox, delivery: Delivery, stop: threading.Event,
     ) -> None:
-        self.stream_id, self.name, self.config = stream_id, source.path, config
+        self.stream_id, self.config = stream_id, config
         self.stats, self.delivery, self.stop = stats, delivery, stop
         timeline = Timeline(live=True, min_gap_s=max(1.0 / config.sample_fps, 0.5))
-        self.pipeline = FramePipeline(stream_id, config, timeline, stats, delivery, f"browser {self.name!r}", stop)
+        self.pipeline = FramePipeline(stream_id, config, timeline, stats, delivery, f"browser {stream_id!r}", stop)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._pc: RTCPeerConnection | None = None
         self._last_frame = time.monotonic()
         self._stalled = False
+        self._consumers: set[asyncio.Task[None]] = set()  # one per video track; ended before the loop closes
 
     def run(self) -> StatusEvent:
         """Serve offers until stopped; returns the final status."""
-        self.loop = asyncio.new_event_loop()
+        bad_ice = _malformed_ice_servers(self.config.ice_servers)
+        if bad_ice:
+            return self.delivery.event(StreamStatus.FAILED, f"malformed ICE server URLs in the settings: {bad_ice}")
         if self.config.ice_hosts:
             use_ice_hosts(self.config.ice_hosts)
         with _receivers_lock:
-            if self.name in _receivers:
-                return self.delivery.event(StreamStatus.FAILED, f"a WebRTC ingest named {self.name!r} already runs")
-            _receivers[self.name] = self
+            if self.stream_id in _receivers:
+                return self.delivery.event(
+                    StreamStatus.FAILED, f"a WebRTC ingest of stream {self.stream_id!r} already runs")
+            self.loop = asyncio.new_event_loop()
+            _receivers[self.stream_id] = self
         try:
             return self.loop.run_until_complete(self._serve())
         finally:
             with _receivers_lock:
-                _receivers.pop(self.name, None)
+                _receivers.pop(self.stream_id, None)
             self.loop.close()
 
     async def accept(self, sdp: str, type_: str) -> Answer:
         """Answer a browser's offer with a new peer connection (the previous one is closed)."""
         await self._close_pc()
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(rtc_configuration(self.config))
         self._pc = pc
         pc.on("track", lambda track: self._on_track(pc, track))
         pc.on("connectionstatechange", lambda: self._on_state(pc))
@@ -126,11 +158,14 @@ class WebRTCReceiver:
         return Answer(local.sdp, local.type, max_framerate=min(30.0, max(5.0, 2 * self.config.sample_fps)))
 
     async def _serve(self) -> StatusEvent:
-        self.delivery.report(StreamStatus.CONNECTING, f"waiting for a browser to send video to {self.name!r}")
+        self.delivery.report(StreamStatus.CONNECTING, f"waiting for a browser's offer to stream {self.stream_id!r}")
         while not self.stop.is_set():
             await asyncio.sleep(TICK_S)
             self._check_stall()
         await self._close_pc()
+        for task in list(self._consumers):  # a closed track's recv may never wake: a pending task at loop close
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
         self.pipeline.flush()
         return self.delivery.event(StreamStatus.STOPPED, "stopped by request")
 
@@ -144,7 +179,9 @@ class WebRTCReceiver:
 
     def _on_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
         if track.kind == "video":
-            asyncio.ensure_future(self._consume(pc, track))
+            task = asyncio.ensure_future(self._consume(pc, track))
+            self._consumers.add(task)
+            task.add_done_callback(self._consumers.discard)
 
     async def _consume(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
         while pc is self._pc:

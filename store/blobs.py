@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +20,8 @@ class BlobStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes | None: ...
     def delete(self, key: str) -> None: ...
+    def entries(self) -> Iterator[tuple[str, float]]: ...
+    def sweep(self) -> int: ...
 
 
 class LocalBlobStore:
@@ -47,11 +50,20 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def entries(self) -> Iterator[tuple[str, float]]:
+        """(key, age in seconds) of every blob, half-written ``.tmp`` files included (their key ends so)."""
+        now = time.time()
+        for path in self.root.iterdir():
+            try:
+                yield path.name, now - path.stat().st_mtime
+            except FileNotFoundError:  # deleted meanwhile by a worker
+                continue
+
     def sweep(self) -> int:
-        cutoff = time.time() - self.ttl_seconds
-        expired = [p for p in self.root.iterdir() if p.stat().st_mtime < cutoff]
-        for path in expired:
-            path.unlink(missing_ok=True)
+        """Remove blobs older than the time-to-live; ``get`` already treats them as gone."""
+        expired = [key for key, age in self.entries() if age > self.ttl_seconds]
+        for key in expired:
+            self.delete(key)
         return len(expired)
 
 
@@ -69,6 +81,19 @@ class RedisBlobStore:
 
     def delete(self, key: str) -> None:
         self.client.delete(self.prefix + key)
+
+    def entries(self) -> Iterator[tuple[str, float]]:
+        """(key, age in seconds) of every blob; the age is what its time-to-live has used up."""
+        for name in self.client.scan_iter(match=self.prefix + "*", count=500):
+            ttl = self.client.ttl(name)
+            if ttl == -2:  # expired or deleted meanwhile
+                continue
+            age = float(self.ttl_seconds - ttl) if ttl >= 0 else float("inf")  # -1: no expiry, set by hand
+            yield name.decode().removeprefix(self.prefix), age
+
+    def sweep(self) -> int:
+        """Redis expires blobs by itself (``SET ... EX``)."""
+        return 0
 
 
 def pack_frames(images: np.ndarray, timestamps: np.ndarray, motion: np.ndarray | None = None) -> bytes:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -20,20 +22,28 @@ class SchemaNotReady(RuntimeError):
     """The database is not at the schema this code needs."""
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout since API and worker share it."""
+def make_engine(url: str, *, busy_timeout_s: float = 30.0, **pool: Any) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout since API and worker share it.
+
+    ``busy_timeout_s`` is how long a SQLite connection waits for another writer's lock (the API
+    uses a short one, so a locked database is answered 503 rather than after half a minute).
+
+    ``pool`` (pool_size, max_overflow, pool_timeout) sizes the connection pool: each role (API,
+    ingest, worker) has its own engine, so a flood of API requests cannot take ingest's connections.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        connect_args = {"check_same_thread": False, "timeout": busy_timeout_s}
+        engine = create_engine(url, connect_args=connect_args, **pool)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, busy_ms=int(busy_timeout_s * 1000)))
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection, _record, *, busy_ms: int) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.close()
 
 
@@ -89,12 +99,12 @@ def check_schema(engine: Engine) -> None:
         )
 
 
-def prepare_database(url: str, *, auto_upgrade: bool) -> Engine:
+def prepare_database(url: str, *, auto_upgrade: bool, **pool: Any) -> Engine:
     """The engine for ``url``, upgraded first when ``auto_upgrade`` (embedded SQLite), else checked."""
     if auto_upgrade:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         upgrade(url)
-    engine = make_engine(url)
+    engine = make_engine(url, **pool)
     check_schema(engine)
     return engine

@@ -67,8 +67,10 @@ class Stream(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
-    # The URL as given (it may hold camera credentials): never logged, shown redacted by the API.
+    # The URL with credentials redacted (``rtsp://***@cam/x``); safe to show.
     source_url: Mapped[str] = mapped_column(Text)
+    # The full URL, Fernet-encrypted, when it carries credentials (store.credentials); None otherwise.
+    source_secret: Mapped[str | None] = mapped_column(Text, default=None)
     status: Mapped[str] = mapped_column(String(20), default=StreamStatus.connecting)
     status_reason: Mapped[str | None] = mapped_column(Text, default=None)
     active: Mapped[bool] = mapped_column(default=True)

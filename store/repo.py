@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from store.models import (
     ChunkRecord,
@@ -36,11 +37,27 @@ def get_stream(session: Session, stream_id: str) -> Stream:
     return stream
 
 
-def list_streams(session: Session, *, active_only: bool = False) -> list[Stream]:
-    query = select(Stream).order_by(Stream.created_at.desc())
+def list_streams(
+    session: Session, *, active_only: bool = False, status: str | None = None,
+    skip: int = 0, limit: int | None = None,
+) -> list[Stream]:
+    """Streams newest first; a page of them when ``limit`` is given."""
+    query = select(Stream).order_by(Stream.created_at.desc(), Stream.id)
     if active_only:
         query = query.where(Stream.active.is_(True))
+    if status is not None:
+        query = query.where(Stream.status == status)
+    if skip or limit is not None:
+        query = query.offset(skip).limit(limit)
     return list(session.scalars(query))
+
+
+def count_streams(session: Session, *, status: str | None = None) -> int:
+    """How many streams are registered (with ``status``, when given)."""
+    query = select(func.count()).select_from(Stream)
+    if status is not None:
+        query = query.where(Stream.status == status)
+    return session.scalar(query) or 0
 
 
 def set_stream_status(
@@ -49,18 +66,80 @@ def set_stream_status(
 ) -> None:
     values: dict[str, Any] = {"status": status, "status_reason": reason, "updated_at": utcnow()}
     if stats is not None:
-        values["stats"] = stats
+        values["stats"] = _keeping_tallies(_lock_stream_stats(session, stream_id), stats)
     session.execute(update(Stream).where(Stream.id == stream_id).values(**values))
 
 
 def set_stream_stats(session: Session, *, stream_id: str, stats: dict[str, Any]) -> None:
+    """Replace the ingest's counters; tallies kept by the store itself (``KEPT_STATS``) stay."""
+    stats = _keeping_tallies(_lock_stream_stats(session, stream_id), stats)
     session.execute(update(Stream).where(Stream.id == stream_id).values(stats=stats, updated_at=utcnow()))
 
 
-def question_counts(session: Session) -> dict[tuple[str, str], int]:
-    """Questions by (stream id, status)."""
+# Stream stats that the ingest does not write: chunk rows deleted by retention, by status.
+KEPT_STATS = ("chunks_pruned",)
+
+
+def _lock_stream_stats(session: Session, stream_id: str) -> dict[str, Any]:
+    """The stream's stats, read after an UPDATE of its row so that no other writer interleaves.
+
+    The UPDATE takes SQLite's write lock and PostgreSQL's row lock until the commit, which makes
+    read-modify-write of the stats safe between the ingest's threads and housekeeping.
+    """
+    session.execute(update(Stream).where(Stream.id == stream_id).values(updated_at=utcnow()))
+    return dict(session.scalar(select(Stream.stats).where(Stream.id == stream_id)) or {})
+
+
+def _keeping_tallies(current: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    return {**stats, **{key: current[key] for key in KEPT_STATS if key in current}}
+
+
+def prune_chunks(session: Session, *, older_than: datetime) -> dict[str, dict[str, int]]:
+    """Delete finished chunk rows created before ``older_than``; pruned counts by stream and status.
+
+    Pending rows are never deleted (a worker still needs them), nor is each stream's newest row
+    (ingest resumes its seq after it). The counts are added to ``stats["chunks_pruned"]`` of each
+    stream so that its chunk totals stay known.
+    """
+    newer = aliased(ChunkRecord)
+    newest_seq = select(func.max(newer.seq)).where(newer.stream_id == ChunkRecord.stream_id).scalar_subquery()
+    where = (
+        ChunkRecord.status != ChunkStatus.pending, ChunkRecord.created_at < older_than, ChunkRecord.seq < newest_seq,
+    )
+    counts: dict[str, dict[str, int]] = {}
+    query = select(ChunkRecord.stream_id, ChunkRecord.status, func.count()).where(*where)
+    for stream_id, status, n in session.execute(query.group_by(ChunkRecord.stream_id, ChunkRecord.status)):
+        counts.setdefault(stream_id, {})[status] = n
+    if not counts:
+        return counts
+    session.execute(delete(ChunkRecord).where(*where).execution_options(synchronize_session=False))
+    for stream_id, pruned in counts.items():
+        stats = _lock_stream_stats(session, stream_id)
+        tally = dict(stats.get("chunks_pruned") or {})
+        for status, n in pruned.items():
+            tally[status] = int(tally.get(status, 0)) + n
+        session.execute(update(Stream).where(Stream.id == stream_id).values(stats={**stats, "chunks_pruned": tally}))
+    return counts
+
+
+def pending_blob_keys(session: Session) -> set[str]:
+    """Blob keys of chunks a worker may still read: every other frame blob is an orphan."""
+    query = select(ChunkRecord.blob_key).where(ChunkRecord.status == ChunkStatus.pending)
+    return set(session.scalars(query))
+
+
+def question_counts(session: Session, *, stream_ids: list[str] | None = None) -> dict[tuple[str, str], int]:
+    """Questions by (stream id, status), of ``stream_ids`` only when given."""
     query = select(Question.stream_id, Question.status, func.count()).group_by(Question.stream_id, Question.status)
+    if stream_ids is not None:
+        query = query.where(Question.stream_id.in_(stream_ids))
     return {(stream_id, status): n for stream_id, status, n in session.execute(query).all()}
+
+
+def stream_status_counts(session: Session) -> dict[str, int]:
+    """Streams by status, over the whole deployment."""
+    query = select(Stream.status, func.count()).group_by(Stream.status)
+    return {str(status): n for status, n in session.execute(query).all()}
 
 
 def create_question(

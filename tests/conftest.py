@@ -40,6 +40,9 @@ def make_settings(folder: Path) -> Settings:
         _env_file=None, data_dir=folder / "data", model="tiny-random", frame_size=64,
         chunk_seconds=2.0, sample_fps=2.0, memory_budget=256, llm_budget=64,
         stage1="uniform:ratio=0.5", stage2="uniform", max_new_tokens=4,
+        # the suite's own servers listen on loopback and its clips are in pytest's temporary folders (module-scoped
+        # services register clips of function-scoped tests): allowed explicitly, the defaults deny both
+        allowed_networks=["127.0.0.0/8", "::1/128"], file_dir=folder.parent,
     )
 
 

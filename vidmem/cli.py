@@ -27,8 +27,21 @@ app.add_typer(train_app, name="train")
 log = logging.getLogger("vidmem")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def setup_file_logging(path: Path, settings: Settings, level: str = "INFO") -> None:
+    """Log (and send stdout and stderr) to ``path``, rotated at ``log_max_bytes``, ``log_backups`` kept."""
+    from vidmem.processes import RotatingStdLog
+
+    handler = RotatingStdLog(path, settings.log_max_bytes, settings.log_backups)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -98,11 +111,18 @@ def _run_api(runtime) -> None:  # type: ignore[no-untyped-def]
 @app.command()
 def serve(host: HostOption = None, port: PortOption = None) -> None:
     """API + ingest + one worker in one process tree (embedded mode by default)."""
-    from vidmem.processes import WorkerProcess
+    from vidmem.processes import AlreadyServing, ServeLock, WorkerProcess, reap_orphan_worker
     from workers.dispatch import recover_unfinished
     from workers.ingest_manager import IngestManager
 
     runtime = _api_runtime(host, port)
+    lock = ServeLock(runtime.settings.data_dir)  # one supervisor per data directory
+    try:
+        lock.acquire()
+    except AlreadyServing as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    reap_orphan_worker(runtime.settings.data_dir)
     worker = WorkerProcess(runtime.settings, on_restart=lambda: recover_unfinished(runtime))
     worker.start()
     manager = IngestManager(runtime)
@@ -113,6 +133,7 @@ def serve(host: HostOption = None, port: PortOption = None) -> None:
     finally:
         manager.stop()
         worker.stop()
+        lock.release()
 
 
 @app.command()
@@ -122,13 +143,19 @@ def api(host: HostOption = None, port: PortOption = None) -> None:
 
 
 @app.command()
-def worker(loglevel: str = "INFO", hostname: str | None = None) -> None:
+def worker(
+    loglevel: str = "INFO", hostname: str | None = None,
+    log_file: Annotated[Path | None, typer.Option(help="log here, rotated (VIDMEM_LOG_MAX_BYTES)")] = None,
+) -> None:
     """A Celery worker that encodes chunks and answers questions."""
     from workers.app import create_celery, run_worker
 
-    setup_logging(loglevel)
     settings = load_settings()
-    runtime = _runtime(settings)
+    if log_file is not None:
+        setup_file_logging(log_file, settings, loglevel)
+    else:
+        setup_logging(loglevel)
+    runtime = _runtime(settings).for_role("worker")
     if settings.torch_threads:
         import torch
 

@@ -42,10 +42,12 @@ def run_demo(settings: Settings, *, source: str | None, questions: list[str], se
     console = Console()
     started = time.perf_counter()
     asked = [DemoQuestion(q) for q in questions]
+    words = answers_in_words(settings.model)
     if source is None:
-        source, generated = make_clip(settings.data_dir / "demo", seconds=seconds, seed=seed)
+        source, generated = make_clip(settings.data_dir / "demo", seconds=seconds, seed=seed, words=words)
         asked = asked or generated
     asked = asked or [DemoQuestion(q) for q in DEFAULT_QUESTIONS]
+    settings = _allow_own_file(settings, source)
     console.print(f"[bold]vidmem demo[/] source={source} model={settings.model} data={settings.data_dir}")
 
     runtime = Runtime(settings, auto_upgrade=settings.is_embedded_db)
@@ -69,20 +71,49 @@ def run_demo(settings: Settings, *, source: str | None, questions: list[str], se
     return 0 if ok else 1
 
 
-def make_clip(folder: Path, *, seconds: float, seed: int) -> tuple[str, list[DemoQuestion]]:
-    """A synthetic H.264 clip with known events, and questions about it with their answers."""
+def make_clip(folder: Path, *, seconds: float, seed: int, words: bool = False) -> tuple[str, list[DemoQuestion]]:
+    """A synthetic H.264 clip with known events, and questions about it with their answers (``words``: one
+    question of every type the clip supports, answered in words, for a model trained so)."""
     from bench.streamgen import demo_clip
 
-    path, questions = demo_clip(folder, seconds=seconds, seed=seed)
+    path, questions = demo_clip(folder, seconds=seconds, seed=seed, words=words)
     return str(path), [DemoQuestion(text, expected) for text, expected in questions]
 
 
-def _register(runtime: Runtime, source: str) -> str:
-    from workers.sources import check_source
+def answers_in_words(model: str) -> bool:
+    """Whether the configured model's folder says it answers in words (vidmem-tiny v2's vidmem.json)."""
+    from vlm.loader import read_marker
+    from workers.runtime import resolve_model_name
 
-    source = check_source(source, runtime.settings)
-    with session_scope(runtime.sessions) as session:
-        return repo.create_stream(session, name="demo", source_url=source).id
+    folder = Path(resolve_model_name(model))
+    return folder.is_dir() and read_marker(folder).get("answers") == "words"
+
+
+def is_correct(answer: str | None, expected: str | None) -> bool:
+    """A letter answer starts with the letter; an answer in words is the option's words (case, full stop aside)."""
+    if not (answer and expected):
+        return False
+    given = answer.strip()
+    if len(expected) == 1 and expected in "ABCD":
+        return given.startswith(expected)
+    return given.rstrip(".").lower() == expected.lower()
+
+
+def _allow_own_file(settings: Settings, source: str) -> Settings:
+    """The demo's clip (generated, or named on its command line) is allowed explicitly: its folder, for this run.
+
+    The default settings allow no file sources at all; the demo does not weaken that for ``vidmem serve``.
+    """
+    if "://" in source or settings.file_dir is not None:
+        return settings
+    return settings.model_copy(update={"file_dir": Path(source).resolve().parent})
+
+
+def _register(runtime: Runtime, source: str) -> str:
+    from workers.sources import register_stream
+
+    with session_scope(runtime.sessions) as session:  # checked, and credentials encrypted, as POST /streams does
+        return register_stream(session, runtime.settings, source=source, name="demo", loop=False).id
 
 
 def _wait_ingested(runtime: Runtime, stream_id: str) -> None:
@@ -144,7 +175,7 @@ def _report(
     for question, demo_question in zip(questions, asked, strict=True):
         answer_ms = sum(question.timings.values()) if question.timings else 0.0
         expected = demo_question.expected
-        correct = bool(expected and question.answer and question.answer.strip().startswith(expected))
+        correct = is_correct(question.answer, expected)
         right += correct
         answers.add_row(
             escape(_compact(question.text)),
@@ -155,7 +186,7 @@ def _report(
     console.print(answers)
     graded = sum(1 for q in asked if q.expected)
     if graded:
-        console.print(f"{right} of {graded} answers match the generator's ground truth")
+        console.print(f"{right} of {graded} correct (answers matching the generator's ground truth)")
     figures = Table(title="pipeline")
     figures.add_column("figure")
     figures.add_column("value")

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.destinations import DEFAULT_DENIED_NETWORKS, parse_networks
+
 EMBEDDED = "embedded"
 DEFAULT_MODEL = "vidmem-tiny"
 
@@ -47,25 +49,78 @@ class Settings(BaseSettings):
     )
     max_pending_chunks: int = Field(8, ge=1, description="per stream; older unprocessed chunks are dropped")
     blob_ttl_seconds: int = Field(3600, ge=1)
+    submit_retry_s: float = Field(
+        10.0, ge=0, description="a chunk whose store fails (database busy, blob store down) is retried this long"
+    )
+    housekeeping_s: float = Field(60.0, gt=0, description="how often orphaned frame blobs and old chunk rows go")
+    chunk_retention_s: float = Field(
+        86400.0, ge=0, description="finished chunk rows older than this are deleted (never pending ones, never "
+        "a stream's newest); 0: kept for ever"
+    )
+    log_max_bytes: int = Field(10_000_000, ge=10_000, description="worker.log is rotated at this size")
+    log_backups: int = Field(3, ge=0, description="rotated worker logs kept (worker.log.1 ...)")
 
     rtsp_transport: str = Field("tcp", pattern="^(tcp|udp)$")
     open_timeout_s: float = Field(10.0, gt=0)
     decode_skip: str = Field("auto", pattern="^(auto|keyframes|none)$", description="decode only what sampling needs")
     ice_hosts: list[str] = Field(default_factory=list, description="WebRTC ICE host addresses; empty: all")
+    ice_servers: list[str] = Field(
+        default_factory=list, description="WebRTC STUN/TURN URLs (first stun: and first turn: used), e.g. "
+        '["stun:stun.example.org:3478"]; empty: none, the browser must reach a host address directly'
+    )
+    ice_username: str | None = Field(None, description="WebRTC TURN username")
+    ice_credential: str | None = Field(None, description="WebRTC TURN password")
     allowed_schemes: list[str] = Field(default_factory=lambda: ["rtsp", "rtsps", "http", "https", "file"])
-    allow_files: bool = True
+    allow_files: bool = Field(True, description="file sources at all; they also need file_dir")
     allow_devices: bool = False
+    file_dir: Path | None = Field(
+        None, description="file sources must be under this folder (symlinks and '..' resolved); unset: no files"
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list, description="networks sources may reach although denied (most specific match wins)"
+    )
+    denied_networks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DENIED_NETWORKS),
+        description="networks sources may not reach: loopback, link-local, private, multicast, reserved",
+    )
+    secret_key: str | None = Field(
+        None, repr=False,
+        description="Fernet key encrypting camera credentials in the database; embedded default: data_dir/secret.key",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_token: str | None = Field(None, description="when set, write requests need 'Authorization: Bearer'")
     question_max_chars: int = 2000
+    max_body_bytes: int = Field(65_536, ge=1024, description="request bodies above this get 413")
+    max_sdp_body_bytes: int = Field(
+        262_144, ge=1024, description="request body limit of WebRTC offers (an SDP offer may be ~200 KB)"
+    )
+    max_streams: int = Field(64, ge=1, description="streams one deployment may register; more get 409")
+    metrics_max_streams: int = Field(100, ge=0, description="/metrics has per-stream series for the newest N")
     task_time_limit_s: int = 600
+    api_pool_size: int = Field(8, ge=1, description="database connections of the API (ingest has its own)")
+    api_pool_timeout_s: float = Field(2.0, gt=0, description="an API request waits this long for a connection")
 
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_urls(cls, value: list[str]) -> list[str]:
+        """A typo here would otherwise surface only as a browser that never connects."""
+        bad = [url for url in value if url.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns")]
+        if bad:
+            raise ValueError(f"ICE servers must be stun:, stuns:, turn: or turns: URLs, not {bad}")
+        return value
+
+    @field_validator("allowed_networks", "denied_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # a typo in a network must stop the start, not open or close it silently
+        return value
 
     @property
     def wants_motion(self) -> bool:

@@ -8,7 +8,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from store import repo
 from store.blobs import pack_frames
@@ -20,22 +25,91 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+class ChunkLost(RuntimeError):
+    """A chunk could not be stored after retries; it is counted under ``reason`` and its blob removed."""
+
+    def __init__(self, stream_id: str, seq: int, reason: str, cause: BaseException) -> None:
+        super().__init__(f"stream {stream_id} chunk {seq} lost ({reason}): {type(cause).__name__}: {cause}")
+        self.reason = reason
+
+
+# Failures worth another try: a busy or restarting database, a pool out of connections, a blob
+# store or broker that is briefly away. Anything else (a bug, a duplicate seq) fails at once.
+TRANSIENT = (OperationalError, InterfaceError, SATimeoutError, OSError, RedisError, KombuOperationalError)
+
+
+def _retrying(rt: Runtime) -> Retrying:
+    """Bounded retries: exponential backoff with jitter for at most ``submit_retry_s``."""
+    return Retrying(
+        stop=stop_after_delay(rt.settings.submit_retry_s),
+        wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception_type(TRANSIENT),
+        reraise=True,
+    )
+
+
 def submit_chunk(
     rt: Runtime, *, stream_id: str, seq: int, t_start: float, t_end: float,
     images: np.ndarray, timestamps: np.ndarray, motion: np.ndarray | None = None,
     timings: dict[str, float] | None = None,
 ) -> None:
-    """Store a chunk's frames, record it, commit, enqueue, then apply backpressure."""
+    """Store a chunk's frames, record it, commit, enqueue, then apply backpressure.
+
+    Each step is retried (``submit_retry_s``); a chunk that still cannot be stored is counted in
+    ``rt.chunk_losses`` with the failing step as reason, its blob is deleted, and ChunkLost raised.
+    """
     blob_key = f"{stream_id}-{seq}"
-    rt.blobs.put(blob_key, pack_frames(images, timestamps, motion))
-    with session_scope(rt.sessions) as session:
-        chunk = repo.create_chunk(
-            session, stream_id=stream_id, seq=seq, t_start=t_start, t_end=t_end,
-            num_frames=int(images.shape[0]), blob_key=blob_key,
-        )
-        chunk.timings = dict(timings or {})
-    tasks.process_chunk.delay(stream_id, seq)
-    drop_overflow(rt, stream_id)
+    step = "blob_store"
+    try:
+        _retrying(rt)(rt.blobs.put, blob_key, pack_frames(images, timestamps, motion))
+        step = "database"
+        _retrying(rt)(_record_chunk, rt, stream_id, seq, t_start, t_end, int(images.shape[0]), blob_key, timings)
+    except Exception as exc:
+        if not isinstance(exc, IntegrityError):  # else the key is that of an existing, different row
+            _forget_blob(rt, blob_key)
+        rt.chunk_losses.record(stream_id, step)
+        raise ChunkLost(stream_id, seq, step, exc) from exc
+    _enqueue_chunk(rt, stream_id, seq)
+    try:
+        drop_overflow(rt, stream_id)
+    except TRANSIENT:
+        log.warning("stream %s: backpressure check failed; done at the next chunk", stream_id, exc_info=True)
+
+
+def _record_chunk(
+    rt: Runtime, stream_id: str, seq: int, t_start: float, t_end: float, num_frames: int, blob_key: str,
+    timings: dict[str, float] | None,
+) -> None:
+    """Insert the chunk's row; a retry after a commit whose answer was lost finds it already there."""
+    try:
+        with session_scope(rt.sessions) as session:
+            chunk = repo.create_chunk(
+                session, stream_id=stream_id, seq=seq, t_start=t_start, t_end=t_end,
+                num_frames=num_frames, blob_key=blob_key,
+            )
+            chunk.timings = dict(timings or {})
+    except IntegrityError:
+        with session_scope(rt.sessions) as session:
+            existing = repo.get_chunk(session, stream_id=stream_id, seq=seq)
+            if existing.t_start != t_start or existing.num_frames != num_frames:
+                raise
+
+
+def _enqueue_chunk(rt: Runtime, stream_id: str, seq: int) -> None:
+    """Enqueue a stored chunk; if the broker stays away its row stays pending for start-up recovery."""
+    try:
+        _retrying(rt)(tasks.process_chunk.delay, stream_id, seq)
+    except TRANSIENT:
+        log.error("stream %s chunk %d: stored but not queued; queued again at the next start", stream_id, seq,
+                  exc_info=True)
+
+
+def _forget_blob(rt: Runtime, blob_key: str) -> None:
+    """A chunk without a row must not leave its frames behind (housekeeping catches what this misses)."""
+    try:
+        rt.blobs.delete(blob_key)
+    except TRANSIENT:
+        log.warning("blob %s of a lost chunk not deleted now; housekeeping will", blob_key)
 
 
 def drop_overflow(rt: Runtime, stream_id: str) -> int:

@@ -4,6 +4,11 @@ Runs inside ``vidmem serve`` (embedded) or ``vidmem ingest`` (distributed). Ever
 compares the active streams in the database with its running ingests, starts the missing ones
 and stops those whose stream was stopped. Chunks go through ``dispatch.submit_chunk`` (blob,
 row, commit, enqueue, backpressure); status events go to the stream's row.
+
+``active`` is the desired state, set only through the API: a shutdown of the service stops the
+ingests but leaves ``active`` alone, so the next start resumes every stream that was live, with
+chunks continuing after the stored ones. Only ``ended`` and ``failed`` are final for an active
+stream; an inactive one the manager is not running is settled as ``stopped``.
 """
 
 from __future__ import annotations
@@ -19,15 +24,20 @@ from sqlalchemy import func, select
 from ingest.entities import Chunk, StatusEvent
 from ingest.runner import StreamIngest
 from store import repo
+from store.credentials import CredentialsUnavailable, seal_plaintext, unseal
 from store.db import session_scope
 from store.models import ChunkRecord, StreamStatus
 from workers.dispatch import submit_chunk
+from workers.housekeeping import Housekeeper
 from workers.runtime import Runtime
 from workers.sources import ingest_config
 
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = {StreamStatus.ended, StreamStatus.failed, StreamStatus.stopped}
+# An active stream in another status is wanted: ``stopped`` with active=True is a service shutdown.
+DONE_STATUSES = {StreamStatus.ended, StreamStatus.failed}
+SHUTDOWN_REASON = "service shut down; resumes at its next start"
 
 
 @dataclass
@@ -39,12 +49,14 @@ class Running:
 
 class IngestManager:
     def __init__(self, runtime: Runtime, poll_seconds: float = 1.0, stats_seconds: float = 2.0) -> None:
-        self.runtime = runtime
+        self.runtime = runtime.for_role("ingest")  # its own connection pool: API load cannot starve ingest
+        self.housekeeper = Housekeeper(self.runtime)  # orphaned blobs, old chunk rows
         self.poll_seconds = poll_seconds
         self.stats_seconds = stats_seconds
         self._stats_written = 0.0
         self._running: dict[str, Running] = {}
         self._stop = threading.Event()
+        self._shutting_down = False
         self._thread = threading.Thread(target=self._loop, name="ingest-manager", daemon=True)
 
     def start(self) -> None:
@@ -54,8 +66,11 @@ class IngestManager:
         self._thread.join(timeout)
 
     def stop(self) -> None:
+        """Shut down: ingests stop, their streams stay active so that the next start resumes them."""
+        self._shutting_down = True
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.ident is not None:  # a manager driven by sync() alone has no thread
+            self._thread.join(10)
         for running in self._running.values():
             running.ingest.stop()
         for running in self._running.values():
@@ -67,23 +82,38 @@ class IngestManager:
             try:
                 self.sync()
                 self.write_stats()
+                self.housekeeper.due()
             except Exception:
                 log.exception("ingest manager sync failed")
             self._stop.wait(self.poll_seconds)
 
     def sync(self) -> None:
-        """Start ingests for active streams, stop those of streams stopped through the API."""
+        """Start ingests for active streams, stop those of streams stopped through the API.
+
+        An inactive stream that is not running (stopped before its ingest started, or while the
+        service was down) is settled as ``stopped`` so that it never stays ``connecting``.
+        """
         for stream_id in [sid for sid, r in self._running.items() if not r.ingest.is_alive()]:
             del self._running[stream_id]  # finished on its own (ended or failed): its status says so
         with session_scope(self.runtime.sessions) as session:
             streams = repo.list_streams(session)
-            wanted = {s.id: (s.source_url, s.loop) for s in streams if s.active and s.status not in FINAL_STATUSES}
+            seal_plaintext(streams, self.runtime.settings)  # credentials of rows stored before migration 0002
+            wanted = {s.id: (s, s.loop) for s in streams if s.active and s.status not in DONE_STATUSES}
             stopped = [s.id for s in streams if not s.active and s.id in self._running]
+            unsettled = [s.id for s in streams
+                         if not s.active and s.id not in self._running and s.status not in FINAL_STATUSES]
         for stream_id in stopped:
             self._running.pop(stream_id).ingest.stop()
             self._status(stream_id, StreamStatus.stopped, "stopped by request")
-        for stream_id, (url, loop) in wanted.items():
+        for stream_id in unsettled:
+            self._status(stream_id, StreamStatus.stopped, "stopped by request")
+        for stream_id, (row, loop) in wanted.items():
             if stream_id not in self._running:
+                try:
+                    url = unseal(row, self.runtime.settings)  # decrypted only here, for the ingest
+                except CredentialsUnavailable as exc:
+                    self._status(stream_id, StreamStatus.failed, str(exc))
+                    continue
                 self._start(stream_id, url, loop)
 
     def write_stats(self, force: bool = False) -> None:
@@ -92,7 +122,7 @@ class IngestManager:
         if not force and now - self._stats_written < self.stats_seconds:
             return
         self._stats_written = now
-        snapshots = {sid: r.ingest.stats() for sid, r in list(self._running.items())}
+        snapshots = {sid: self._stats_of(sid, r.ingest) for sid, r in list(self._running.items())}
         with session_scope(self.runtime.sessions) as session:
             for stream_id, stats in snapshots.items():
                 repo.set_stream_stats(session, stream_id=stream_id, stats=stats)
@@ -102,7 +132,7 @@ class IngestManager:
         ingest = StreamIngest(
             stream_id, url, ingest_config(self.runtime.settings, loop=loop),
             on_chunk=lambda chunk: self._on_chunk(stream_id, chunk),
-            on_status=lambda event: self._on_status(stream_id, event),
+            on_status=lambda event: self._on_status(stream_id, ingest, event),
         )
         self._running[stream_id] = Running(ingest, seq_base, time_base)
         ingest.start()
@@ -134,10 +164,24 @@ class IngestManager:
             },
         )
 
-    def _on_status(self, stream_id: str, event: StatusEvent) -> None:
+    def _on_status(self, stream_id: str, ingest: StreamIngest, event: StatusEvent) -> None:
+        """Write an ingest's status, unless the manager has let go of it.
+
+        An ingest stopped through the API is dropped from ``_running`` at once and its stream
+        marked ``stopped``; its late final event must not overwrite a stream started again since.
+        At shutdown the stream stays active and its reason says it resumes.
+        """
         running = self._running.get(stream_id)
-        stats = running.ingest.stats() if running else None
-        self._status(stream_id, event.status, event.reason, stats)
+        if running is None or running.ingest is not ingest:
+            return
+        reason = event.reason
+        if self._shutting_down and str(event.status) == StreamStatus.stopped:
+            reason = SHUTDOWN_REASON
+        self._status(stream_id, event.status, reason, self._stats_of(stream_id, ingest))
+
+    def _stats_of(self, stream_id: str, ingest: StreamIngest) -> dict:
+        """The ingest's counters plus the chunks that could not be stored (``chunks_lost``, by reason)."""
+        return {**ingest.stats(), **self.runtime.chunk_losses.stats(stream_id)}
 
     def _status(self, stream_id: str, status: str, reason: str | None, stats: dict | None = None) -> None:
         with session_scope(self.runtime.sessions) as session:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,16 +40,90 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
+ROLES = ("api", "ingest", "worker")
+
+
+class ChunkLosses:
+    """Chunks that could not be stored after retries, per stream and reason (thread-safe).
+
+    Ingest merges ``stats(stream_id)`` into the stream's stats, so every lost chunk shows as
+    ``chunks_lost`` (in ``/metrics``) with its reasons in ``GET /streams/{id}``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, Counter[str]] = {}
+
+    def record(self, stream_id: str, reason: str) -> None:
+        with self._lock:
+            self._counts.setdefault(stream_id, Counter())[reason] += 1
+
+    def stats(self, stream_id: str) -> dict[str, Any]:
+        with self._lock:
+            reasons = dict(self._counts.get(stream_id, {}))
+        return {"chunks_lost": sum(reasons.values()), "chunks_lost_reasons": reasons}
+
+
+API_SQLITE_BUSY_S = 5.0  # an API request waits at most this long for SQLite's write lock, then 503
+
+
+def pool_options(settings: Settings, role: str) -> dict[str, Any]:
+    """Connection pool of one role's engine.
+
+    The API's pool is small with a short wait, so a flood of requests is answered 503 quickly
+    instead of queueing for minutes; ingest and the worker keep their own pools
+    with SQLAlchemy's defaults, which API traffic can never exhaust.
+    """
+    if role == "api":
+        return {
+            "pool_size": settings.api_pool_size, "max_overflow": 0, "pool_timeout": settings.api_pool_timeout_s,
+            "busy_timeout_s": API_SQLITE_BUSY_S,
+        }
+    return {}
+
+
 @dataclass
 class Runtime:
+    """Settings plus lazily built engine, stores and model; ``role`` picks the connection pool."""
+
     settings: Settings
     auto_upgrade: bool = False
+    role: str = "api"
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
     _model: VideoLLM | None = None
+    _siblings: dict[str, Runtime] = field(default_factory=dict, repr=False, compare=False)
+    _siblings_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown runtime role {self.role!r}; one of {ROLES}")
+        self._siblings.setdefault(self.role, self)
+
+    def for_role(self, role: str) -> Runtime:
+        """The runtime of ``role`` in this process: its own engine and pool, the same stores.
+
+        ``vidmem serve`` runs the API and ingest in one process; ingest works on
+        ``runtime.for_role("ingest")`` so that no API load can starve it of connections.
+        """
+        with self._siblings_lock:
+            sibling = self._siblings.get(role)
+            if sibling is None:
+                self.engine  # noqa: B018 - migrate or check the schema once, before a second engine
+                sibling = Runtime(self.settings, role=role, _siblings=self._siblings,
+                                  _siblings_lock=self._siblings_lock)
+                sibling.__dict__.update(redis=self.redis, memory_store=self.memory_store, blobs=self.blobs,
+                                        chunk_losses=self.chunk_losses)
+            return sibling
 
     @cached_property
     def engine(self):  # type: ignore[no-untyped-def]
-        return db.prepare_database(self.settings.sqlalchemy_url, auto_upgrade=self.auto_upgrade)
+        return db.prepare_database(
+            self.settings.sqlalchemy_url, auto_upgrade=self.auto_upgrade, **pool_options(self.settings, self.role)
+        )
+
+    @cached_property
+    def chunk_losses(self) -> ChunkLosses:
+        return ChunkLosses()
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

@@ -6,7 +6,6 @@ running it twice, or after a worker died half-way, leaves the same result.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -15,8 +14,8 @@ import numpy as np
 import torch
 
 from compression.memory import Memory
-from compression.registry import SelectContext, build_method
-from compression.tokens import TokenBlock
+from compression.registry import SelectContext, build_method, state_from_bytes, state_to_bytes
+from compression.tokens import StoredFormatError, TokenBlock
 from store import repo
 from store.blobs import unpack_frames
 from store.db import session_scope
@@ -58,16 +57,19 @@ class StreamMemory:
         record = rt.memory_store.load(stream_id)
         if record is None:
             return cls.fresh(rt)
-        extra = torch.load(io.BytesIO(record.state), weights_only=False)
-        memory = Memory.from_bytes(record.memory)
-        return cls(record.version, record.last_seq, memory, extra["stage1"], extra["frames_seen"])
+        try:  # safetensors + JSON only: a compromised store can make this fail, never run code
+            extra = state_from_bytes(record.state)
+            memory = Memory.from_bytes(record.memory)
+        except StoredFormatError as exc:
+            raise StoredFormatError(f"stored memory of stream {stream_id} refused: {exc}") from None
+        frames_seen, stage1 = extra.get("frames_seen"), extra.get("stage1")
+        if type(frames_seen) is not int or frames_seen < 0 or not isinstance(stage1, dict):
+            raise StoredFormatError(f"stored memory of stream {stream_id} refused: malformed stage-1 state")
+        return cls(record.version, record.last_seq, memory, stage1, frames_seen)
 
     def to_record(self) -> MemoryRecord:
-        buffer = io.BytesIO()
-        torch.save({"stage1": self.stage1_state, "frames_seen": self.frames_seen}, buffer)
-        return MemoryRecord(
-            self.version, self.last_seq, self.memory.to_bytes(), buffer.getvalue(), self.memory.num_tokens
-        )
+        state = state_to_bytes({"stage1": self.stage1_state, "frames_seen": self.frames_seen})
+        return MemoryRecord(self.version, self.last_seq, self.memory.to_bytes(), state, self.memory.num_tokens)
 
 
 def apply_chunk(rt: Runtime, stream_id: str, seq: int) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 
-from api.deps import SessionDep, SettingsDep, Writer
+from api.deps import SessionDep, SettingsDep, Skip, Writer, field_error
 from api.schemas import QuestionCreate, QuestionPublic, QuestionQueued, QuestionsPublic
 from store import repo
 from workers.dispatch import enqueue_question
@@ -19,10 +19,10 @@ def ask(stream_id: str, body: QuestionCreate, session: SessionDep, settings: Set
     """Queue a question; a worker answers it. Poll GET /questions/{id}."""
     text = body.text.strip()
     if not text:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the question is empty")
+        raise field_error(("body", "text"), "the question is empty")
     if len(text) > settings.question_max_chars:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+        raise field_error(
+            ("body", "text"),
             f"the question has {len(text)} characters; at most {settings.question_max_chars} are allowed",
         )
     question = repo.create_question(
@@ -42,7 +42,7 @@ def read_question(question_id: str, session: SessionDep) -> QuestionPublic:
 @router.get("/streams/{stream_id}/questions")
 def history(
     stream_id: str, session: SessionDep,
-    skip: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500),
+    skip: Skip = 0, limit: int = Query(50, ge=1, le=500),
 ) -> QuestionsPublic:
     """A stream's questions, newest first, paginated with skip/limit."""
     questions, total = repo.list_questions(session, stream_id=stream_id, skip=skip, limit=limit)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 
-from api.deps import RuntimeDep, SessionDep, SettingsDep, Writer
+from api.deps import RuntimeDep, SessionDep, SettingsDep, Skip, Writer, field_error
 from api.schemas import StreamCreate, StreamPublic, StreamsPublic
-from api.sources import SourceRejected, check_source, redact_url
+from api.sources import SourceRejected, redact_text, redact_url, register_stream
 from store import repo
-from store.models import Stream
+from store.models import Stream, StreamStatus
 from workers.runtime import Runtime
 
 router = APIRouter(prefix="/streams", tags=["streams"])
@@ -17,8 +17,9 @@ router = APIRouter(prefix="/streams", tags=["streams"])
 def to_public(session, runtime: Runtime, stream: Stream) -> StreamPublic:  # type: ignore[no-untyped-def]
     size = runtime.memory_store.size(stream.id)
     return StreamPublic(
-        id=stream.id, name=stream.name, source=redact_url(stream.source_url), status=stream.status,
-        status_reason=stream.status_reason, active=stream.active, stats=stream.stats or {},
+        id=stream.id, name=redact_text(stream.name), source=redact_url(stream.source_url), status=stream.status,
+        status_reason=redact_text(stream.status_reason) if stream.status_reason else None, active=stream.active,
+        stats=stream.stats or {},
         chunks=repo.chunk_counts(session, stream_id=stream.id),
         memory_tokens=size.tokens if size else 0, memory_bytes=size.nbytes if size else 0,
         created_at=stream.created_at, updated_at=stream.updated_at,
@@ -28,22 +29,31 @@ def to_public(session, runtime: Runtime, stream: Stream) -> StreamPublic:  # typ
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Writer])
 def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep, runtime: RuntimeDep) -> StreamPublic:
     """Register a source; ingest starts at once and the status shows how it goes."""
-    try:
-        source = check_source(body.source, settings)
+    if repo.count_streams(session) >= settings.max_streams:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"this deployment already has {settings.max_streams} streams, its maximum (VIDMEM_MAX_STREAMS)",
+        )
+    try:  # checked, redacted and its credentials encrypted before anything is stored
+        stream = register_stream(session, settings, source=body.source, name=body.name, loop=body.loop)
     except SourceRejected as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    stream = repo.create_stream(
-        session, name=body.name or redact_url(source), source_url=source, loop=body.loop
-    )
+        raise field_error(("body", "source"), str(exc)) from None
     session.commit()
     return to_public(session, runtime, stream)
 
 
 @router.get("")
-def list_streams(session: SessionDep, runtime: RuntimeDep) -> StreamsPublic:
-    """All streams, newest first."""
-    streams = repo.list_streams(session)
-    return StreamsPublic(data=[to_public(session, runtime, s) for s in streams], count=len(streams))
+def list_streams(
+    session: SessionDep, runtime: RuntimeDep, skip: Skip = 0, limit: int = Query(50, ge=1, le=200),
+    status_filter: StreamStatus | None = Query(None, alias="status", description="only streams in this status"),
+) -> StreamsPublic:
+    """Streams newest first, a page at a time; ``count`` is how many match over all pages."""
+    wanted = status_filter.value if status_filter else None
+    streams = repo.list_streams(session, status=wanted, skip=skip, limit=limit)
+    return StreamsPublic(
+        data=[to_public(session, runtime, s) for s in streams], count=repo.count_streams(session, status=wanted),
+        skip=skip, limit=limit,
+    )
 
 
 @router.get("/{stream_id}")
@@ -54,8 +64,31 @@ def read_stream(stream_id: str, session: SessionDep, runtime: RuntimeDep) -> Str
 
 @router.delete("/{stream_id}", dependencies=[Writer])
 def stop_stream(stream_id: str, session: SessionDep, runtime: RuntimeDep) -> StreamPublic:
-    """Stop ingesting a stream; its memory and question history stay."""
+    """Stop ingesting a stream; its memory and question history stay. Remembered across restarts."""
     stream = repo.get_stream(session, stream_id)
     stream.active = False
+    session.commit()
+    return to_public(session, runtime, stream)
+
+
+@router.post("/{stream_id}/stop", dependencies=[Writer])
+def stop_stream_by_post(stream_id: str, session: SessionDep, runtime: RuntimeDep) -> StreamPublic:
+    """The same as ``DELETE /streams/{id}``: stop ingesting, keep memory and history."""
+    return stop_stream(stream_id, session, runtime)
+
+
+@router.post("/{stream_id}/start", dependencies=[Writer])  # its 409 is documented on the router
+def start_stream(stream_id: str, session: SessionDep, runtime: RuntimeDep) -> StreamPublic:
+    """Start a stopped or failed stream again: same memory and history, chunks continue after the stored ones.
+
+    A running stream is left as it is. An ended stream (a file read to its end) is refused: reading
+    it again would add the same video twice to its memory.
+    """
+    stream = repo.get_stream(session, stream_id)
+    if stream.status == StreamStatus.ended:
+        raise HTTPException(status.HTTP_409_CONFLICT, "stream has ended: its file was read to the end")
+    if stream.status in (StreamStatus.stopped, StreamStatus.failed):
+        stream.status, stream.status_reason = StreamStatus.connecting, "start requested"
+    stream.active = True
     session.commit()
     return to_public(session, runtime, stream)

@@ -2,7 +2,8 @@
 
 The stream (``webrtc://<id>``) is created on the first offer if it does not exist. Its ingest is
 started by the ingest manager like any other stream and receives the offer through
-``ingest.webrtc.answer_offer``; that needs the ingest in the API's process (``vidmem serve``).
+``ingest.webrtc.answer_offer``, found by the stream's id in the path and never by the name in a
+stored ``webrtc://`` URL; that needs the ingest in the API's process (``vidmem serve``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, Writer
+from ingest.sources import WEBRTC_PREFIX
 from ingest.webrtc import WebRTCNotReady, answer_offer, is_waiting
 from store import repo
 from store.db import session_scope
@@ -72,7 +74,11 @@ def _valid_id(stream_id: str) -> bool:
 
 
 def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> None:
-    """Create ``webrtc://<id>`` if new; refuse streams with another source or already finished."""
+    """Create ``webrtc://<id>`` if new; refuse streams with another source or already finished.
+
+    Any ``webrtc://`` stream takes offers at its own id, whatever name its URL holds (older versions let
+    ``POST /streams`` register ``webrtc://<name>``, which then could be fed only through another stream's path).
+    """
     with session_scope(runtime.sessions) as session:
         try:
             stream = repo.get_stream(session, stream_id)
@@ -80,7 +86,7 @@ def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> None:
             session.add(Stream(id=stream_id, name=f"webcam {stream_id}", source_url=f"webrtc://{stream_id}",
                                status=StreamStatus.connecting, stats={}))
             return
-        if stream.source_url != f"webrtc://{stream_id}":
+        if not stream.source_url.startswith(WEBRTC_PREFIX):
             raise HTTPException(status.HTTP_409_CONFLICT, f"stream {stream_id!r} is not a WebRTC stream")
         if not stream.active or stream.status in FINAL:
             raise HTTPException(status.HTTP_409_CONFLICT, f"stream {stream_id!r} is {stream.status}")

@@ -79,5 +79,5 @@ class AdaTPLocal:
 
 
 def _on(saved: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    """A state tensor on the features' device (a state loaded with torch.load is on the CPU)."""
+    """A state tensor on the features' device (a state loaded from the memory store is on the CPU)."""
     return None if saved is None else saved.to(like.device)

@@ -43,7 +43,7 @@ class DifferentialTokenDrop:
         f, n, _ = block.features.shape
         feats = F.normalize(block.features.float(), dim=-1)  # [F, N, D]
         ref = state.get("ref")
-        ref = None if ref is None else ref.to(feats.device)  # a state loaded with torch.load is on the CPU
+        ref = None if ref is None else ref.to(feats.device)  # a state loaded from the memory store is on the CPU
         keep = torch.ones(f, n, dtype=torch.bool, device=feats.device)
         for i in range(f):  # frames, not tokens: each decision depends on the previous frame's
             if ref is not None and ref.shape[0] == n:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+import struct
+
+import pytest
+import safetensors.torch
 import torch
 
 from compression.memory import Memory, consolidate, join_parts, merge_temporal_neighbours
-from compression.tokens import TokenBlock, TokenSet
+from compression.tokens import FORMAT_VERSION, StoredFormatError, TokenBlock, TokenSet, pack_tensors
 from tests.compression.helpers import assert_aligned, assert_same_tokens, synthetic_block
 
 
@@ -134,3 +140,76 @@ def test_consolidate_when_features_are_read_in_place_or_joined_first_then_result
         assert counts_a == counts_b, f"chunk {i}: merged/evicted {counts_a} != {counts_b}"
         assert_same_tokens(in_place, joined)
         assert len(in_place) <= 24
+
+
+class _Planted:
+    """A pickle payload: unpickling it would create the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.marker, "w"))
+
+
+def _stored(memory: Memory) -> tuple[dict, dict]:
+    data = memory.to_bytes()
+    (n,) = struct.unpack_from("<Q", data)
+    return safetensors.torch.load(data), json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["vidmem"])
+
+
+def test_memory_bytes_when_serialised_then_they_are_safetensors_with_a_versioned_json_header():
+    memory = Memory(16).append(_chunk(0)).append(_chunk(1))
+
+    tensors, head = _stored(memory)
+
+    assert (head["kind"], head["format"]) == ("Memory", FORMAT_VERSION)
+    assert head["meta"]["chunks_applied"] == 2 and head["meta"]["tokens"]["grid"] == [2, 2]
+    assert tensors["tokens.features"].dtype == torch.float16 and len(tensors["tokens.time"]) == memory.num_tokens
+
+
+def test_memory_from_bytes_when_given_a_planted_pickle_refuses_without_running_it(tmp_path):
+    # given bytes whose unpickling would create a marker file
+    marker = tmp_path / "ran"
+    data = pickle.dumps(_Planted(str(marker)))
+    # when they are read as a memory, then they are refused by name and nothing ran
+    with pytest.raises(StoredFormatError, match="memory format changed: this Memory is a Python pickle"):
+        Memory.from_bytes(data)
+    assert not marker.exists(), "the planted payload was executed"
+
+
+def test_memory_from_bytes_when_given_version_1_bytes_says_the_format_changed():
+    old = b"VMMEM1" + struct.pack("<I", 2) + b"{}"
+
+    with pytest.raises(StoredFormatError, match="memory format changed: this Memory is a version-1 Memory"):
+        Memory.from_bytes(old)
+
+
+def test_memory_from_bytes_when_truncated_or_garbage_raises_a_clear_error():
+    data = Memory(16).append(_chunk(0)).to_bytes()
+
+    for bad in (data[: len(data) // 2], b"\x10" * 64, b""):
+        with pytest.raises(StoredFormatError, match="not a serialised Memory: corrupt or unknown data"):
+            Memory.from_bytes(bad)
+
+
+def test_memory_from_bytes_when_given_a_tokenset_or_another_version_names_the_difference():
+    tokens = _chunk(0)
+
+    with pytest.raises(StoredFormatError, match="not a serialised Memory: the stored blob is a 'TokenSet'"):
+        Memory.from_bytes(tokens.to_bytes())
+    future = Memory(16).to_bytes().replace(b'\\"format\\":2', b'\\"format\\":9')
+    with pytest.raises(StoredFormatError, match="in format 9, this vidmem reads format 2"):
+        Memory.from_bytes(future)
+
+
+def test_memory_from_bytes_when_fields_disagree_in_length_or_counts_are_bad_raises_malformed():
+    memory = Memory(16).append(_chunk(0))
+    tensors, head = _stored(memory)
+    short = {**tensors, "tokens.time": tensors["tokens.time"][:-1]}
+    negative = {**head["meta"], "chunks_applied": -1}
+
+    with pytest.raises(StoredFormatError, match="stored TokenSet is malformed: time"):
+        Memory.from_bytes(pack_tensors("Memory", short, head["meta"]))
+    with pytest.raises(StoredFormatError, match=r"stored Memory is malformed: \['chunks_applied'\]"):
+        Memory.from_bytes(pack_tensors("Memory", tensors, negative))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.entities import IngestConfig
-from ingest.errors import SourceRefused, SourceUnavailable
+from ingest.errors import SourceInvalid, SourceRefused, SourceUnavailable
 from ingest.sources import SourceKind, av_options, check_source, open_source, redact_text, redact_url
 
 
@@ -77,3 +77,43 @@ def test_open_source_when_device_is_lavfi_opens_a_live_source():
         assert source.is_live and container.streams.video[0].codec_context.width == 64
     finally:
         container.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtsp://u:p@ss@host/x", "rtsp://***@host/x"),
+        ("rtsp://u:p/ss@host/x", "rtsp://***@host/x"),
+        ("rtsp://u:p ss@host/x", "rtsp://***@host/x"),
+        ("http://u:p%40ss@h/x", "http://***@h/x"),
+        ("rtsp://host/x?password=secret", "rtsp://host/x?password=***"),
+        ("rtsp://host/x?a=1&PWD=p@ss&b=2", "rtsp://host/x?a=1&PWD=***&b=2"),
+        ("http://h/live.m3u8?user=bob&Token=abc", "http://h/live.m3u8?user=***&Token=***"),
+        ("http://h/x?api_key=k1;auth=k2", "http://h/x?api_key=***;auth=***"),
+        ("https://h/x#access_token=zz&secret=yy", "https://h/x#access_token=***&secret=***"),
+        ("failed: 'rtsp://a:b@c/x' then rtsp://d:e@f/y", "failed: 'rtsp://***@c/x' then rtsp://***@f/y"),
+    ],
+)
+def test_redact_text_when_credentials_are_awkward_hides_them_whole(url, shown):
+    assert redact_text(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rtsp://127.0.0.1:6390/x\r\nSET vidmem_ssrf pwned\r\nECHO", "rtsp://cam/x\n", "rtsp://cam/\x00x",
+        "rtsp://cam/x\x7f", "rtsp://cam/x\x85", "rtsp://cam/\u200bx", "rtsp://cam/\u202ex", " rtsp://cam/x",
+        "rtsp://cam/x ", "rtsp://cam/a b", "rtsp://cam/\tx", "rtsp://cam/\u00a0x", "rtsp://cam/x%0d%0aSET",
+        "rtsp://u%0a:p@cam/x", "/videos/a\nb.mp4",
+    ],
+)
+def test_check_source_when_url_has_control_or_space_characters_refuses_without_stripping(url):
+    with pytest.raises(SourceInvalid, match="must not contain"):
+        check_source(url, IngestConfig())
+
+
+def test_av_options_when_http_follows_no_redirect_and_files_reach_no_network():
+    config = IngestConfig()
+    http = av_options(check_source("http://cam/x.m3u8", config), config)
+    assert http["max_redirects"] == "0" and "file" not in http["protocol_whitelist"].split(",")
+    assert av_options(check_source(__file__, config), config) == {"protocol_whitelist": "file"}

@@ -11,21 +11,30 @@ import time
 from pathlib import Path
 
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from pydantic import ValidationError
 
 from ingest.entities import IngestConfig, StreamStatus
 from ingest.webrtc import WebRTCNotReady, answer_offer, is_waiting
 from tests.ingest.peers import skip_or_fail
 from tests.ingest.peers.browser import chromium_path
+from tests.ingest.peers.ice_probe import answer_only
 from tests.ingest.peers.webcam_track import HalvesTrack
+from vidmem.settings import Settings
+from workers.sources import ingest_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 LOOPBACK = IngestConfig(sample_fps=5.0, chunk_seconds=1.0, frame_size=32, ice_hosts=("127.0.0.1",), stall_seconds=2.0)
 
 
+def _peer() -> RTCPeerConnection:
+    """The test's browser: no STUN server either (aiortc's default would query a public one)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
 async def _send_webcam(name: str, seconds: float) -> None:
-    pc = RTCPeerConnection()
+    pc = _peer()
     pc.addTrack(HalvesTrack())
     await pc.setLocalDescription(await pc.createOffer())
     answer = await answer_offer(name, pc.localDescription.sdp, pc.localDescription.type)
@@ -65,6 +74,79 @@ def test_webrtc_ingest_when_peer_sends_video_delivers_chunks_with_its_content(ru
     assert got.wait_for(lambda: got.statuses[-1] is StreamStatus.RECONNECTING, timeout=LOOPBACK.stall_seconds + 3)
     ingest.stop()
     assert ingest.join(5) and got.final.status is StreamStatus.STOPPED
+
+
+def test_answer_offer_when_a_stream_url_names_another_id_does_not_reach_it(run_ingest):
+    # given stream "other" whose URL names cam-b, waiting for a browser
+    ingest, got = run_ingest("webrtc://cam-b", LOOPBACK, wait=False, stream_id="other")
+    assert _wait_until(lambda: is_waiting("other"), 5)
+    # when an offer is posted for stream cam-b
+    # then no ingest takes it: offers are matched by stream id, not by the name in a URL
+    assert not is_waiting("cam-b")
+    with pytest.raises(WebRTCNotReady, match="no WebRTC ingest of stream 'cam-b'"):
+        asyncio.run(answer_only("cam-b"))
+    # and the other stream saw no connection at all
+    assert ingest.stats()["connects"] == 0 and got.statuses == [StreamStatus.CONNECTING], got.events
+    # while an offer to its own id is answered by it
+    assert asyncio.run(answer_only("other")).type == "answer"
+    assert ingest.stats()["connects"] == 1
+
+
+def _ice_probe(*extra: str) -> dict:  # type: ignore[type-arg]
+    """Run ``peers/ice_probe.py`` in a loopback-only network namespace: a regression to aiortc's default
+    STUN server then fails here instead of sending a packet off the machine. Its JSON result."""
+    missing = _netns_missing()
+    if missing:
+        skip_or_fail(missing)
+    command = f"{sys.executable} -m tests.ingest.peers.ice_probe {' '.join(extra)}"
+    done = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {command}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_webrtc_answer_when_no_ice_servers_are_configured_contacts_no_stun_or_turn():
+    # given a WebRTC ingest under the default settings' ICE configuration, in a loopback-only namespace
+    # when a peer's offer is answered
+    result = _ice_probe()
+    # then its peer connection has neither a STUN nor a TURN server (aiortc's default is stun.l.google.com)
+    assert result["configured"] == [] and (result["stun_server"], result["turn_server"]) == (None, None), result
+    # and the answer offers host candidates only
+    assert result["candidate_types"] == ["host"], result
+
+
+def test_webrtc_answer_when_a_stun_server_is_configured_queries_exactly_it():
+    # given a STUN server on 127.0.0.1, configured through Settings.ice_servers
+    # when a peer's offer is answered
+    result = _ice_probe("--stun")
+    # then the ingest asked that server, and the answer carries the reflexive candidate it gave
+    assert result["stun_server"] == ["127.0.0.1", result["stun_port"]] and result["turn_server"] is None, result
+    assert result["stun_requests_from"] == ["127.0.0.1"], result
+    assert result["candidate_types"] == ["host", "srflx"], result
+
+
+def test_webrtc_ingest_when_an_ice_server_url_is_malformed_fails_naming_it(run_ingest):
+    # given an ICE server URL aiortc cannot parse (it would fail only once an offer arrives)
+    config = IngestConfig(ice_servers=("stun:",), ice_hosts=("127.0.0.1",))
+    # when the ingest starts, then it fails at once, naming the URL, and takes no offers
+    ingest, got = run_ingest("webrtc://bad-ice", config, stream_id="bad-ice")
+    assert got.final is not None and got.final.status is StreamStatus.FAILED
+    assert "malformed ICE server URLs" in got.final.reason and "'stun:'" in got.final.reason, got.final
+    assert not is_waiting("bad-ice") and ingest.stats()["connects"] == 0
+
+
+def test_settings_when_an_ice_server_is_not_stun_or_turn_are_refused():
+    with pytest.raises(ValidationError, match="ICE servers must be stun:, stuns:, turn: or turns: URLs"):
+        Settings(_env_file=None, ice_servers=["http://198.51.100.7:3478"])
+
+
+def test_ingest_config_when_turn_is_configured_keeps_the_password_out_of_its_repr():
+    settings = Settings(_env_file=None, ice_servers=["turn:198.51.100.7:3478"], ice_username="u",
+                        ice_credential="s3cret")
+    config = ingest_config(settings)
+    assert (config.ice_servers, config.ice_username, config.ice_credential) == (
+        ("turn:198.51.100.7:3478",), "u", "s3cret")
+    assert "s3cret" not in repr(config)
 
 
 def _netns_missing() -> str | None:

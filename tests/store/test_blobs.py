@@ -38,3 +38,28 @@ def test_redis_blob_round_trips_with_ttl(redis_client):
 
     assert blobs.get("k") == b"data"
     assert 0 < redis_client.ttl("vidmem:blob:k") <= 30
+
+
+def test_local_blob_entries_when_listed_give_every_key_with_its_age(tmp_path):
+    blobs = LocalBlobStore(tmp_path, ttl_seconds=60)
+    blobs.put("old", b"a")
+    blobs.put("new", b"b")
+    old = time.time() - 30
+    os.utime(tmp_path / "old", (old, old))
+
+    ages = dict(blobs.entries())
+
+    assert set(ages) == {"old", "new"}
+    assert 29 <= ages["old"] <= 40 and 0 <= ages["new"] < 5
+
+
+def test_redis_blob_entries_when_listed_give_the_age_the_ttl_has_used(redis_client):
+    blobs = RedisBlobStore(redis_client, ttl_seconds=100)
+    blobs.put("k", b"data")
+    redis_client.expire("vidmem:blob:k", 40)  # as if written 60 s ago
+    redis_client.set("other:key", b"not a blob")
+
+    ages = dict(blobs.entries())
+
+    assert list(ages) == ["k"] and 59 <= ages["k"] <= 61
+    assert blobs.sweep() == 0 and blobs.get("k") == b"data", "Redis expires blobs by itself"

@@ -37,7 +37,8 @@ def poll(fetch, done, timeout: float = 150.0):  # type: ignore[no-untyped-def]
 def test_serve_when_a_file_stream_is_registered_answers_questions_about_it(tmp_path, make_h264):
     port = free_port()
     env = {**os.environ, "VIDMEM_DATA_DIR": str(tmp_path / "data"), "VIDMEM_API_PORT": str(port),
-           "VIDMEM_MODEL": "tiny-random", "VIDMEM_FRAME_SIZE": "64", "VIDMEM_MAX_NEW_TOKENS": "4"}
+           "VIDMEM_MODEL": "tiny-random", "VIDMEM_FRAME_SIZE": "64", "VIDMEM_MAX_NEW_TOKENS": "4",
+           "VIDMEM_FILE_DIR": str(tmp_path)}
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen([sys.executable, "-m", "vidmem", "serve"], env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
