@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import traceback
 from importlib import import_module
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,9 +31,31 @@ log = logging.getLogger("vidmem")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class RedactingFilter(logging.Filter):
+    """The last guard for camera credentials: every log line passes ``redact_text`` before a handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ingest.sources import redact_text
+
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:  # a traceback may quote a URL too
+            record.exc_text = redact_text("".join(traceback.format_exception(*record.exc_info))).rstrip("\n")
+        return True
+
+
+def _redact_handlers() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _redact_handlers()
 
 
 def setup_file_logging(path: Path, settings: Settings, level: str = "INFO") -> None:
@@ -43,6 +66,7 @@ def setup_file_logging(path: Path, settings: Settings, level: str = "INFO") -> N
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _redact_handlers()
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -177,10 +201,13 @@ def ingest() -> None:
     runtime = _runtime(settings)
     create_celery(settings)
     manager = IngestManager(runtime)
+    signal.signal(signal.SIGTERM, _exit_cleanly)  # a clean stop leaves the streams to resume at the next start
     manager.start()
     try:
         manager.join()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
         manager.stop()
 
 

@@ -83,6 +83,12 @@ def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> None:
         try:
             stream = repo.get_stream(session, stream_id)
         except NotFound:
+            if repo.count_streams(session) >= runtime.settings.max_streams:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    f"this deployment already has {runtime.settings.max_streams} streams, its maximum "
+                    "(VIDMEM_MAX_STREAMS)",
+                ) from None
             session.add(Stream(id=stream_id, name=f"webcam {stream_id}", source_url=f"webrtc://{stream_id}",
                                status=StreamStatus.connecting, stats={}))
             return

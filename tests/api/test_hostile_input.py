@@ -368,6 +368,16 @@ def test_create_stream_when_the_deployment_is_full_returns_409_and_stores_nothin
     assert stored(runtime) == (2, 0)
 
 
+def test_webrtc_offer_when_the_deployment_is_full_returns_409_and_creates_no_stream(client, runtime):
+    runtime.settings.max_streams = 1
+    new_stream(client, runtime)
+
+    response = client.post("/streams/camA/webrtc", json={"sdp": "v=0", "type": "offer"})
+
+    assert_error(response, 409, None, "already has 1 streams", "VIDMEM_MAX_STREAMS")
+    assert stored(runtime) == (1, 0)
+
+
 def test_list_streams_is_paginated_newest_first_and_filtered_by_status(client, runtime):
     ids = [new_stream(client, runtime, f"clip{i}.mp4") for i in range(3)]
     with runtime.sessions() as session:

@@ -33,3 +33,28 @@ def test_worker_when_postgres_is_not_migrated_refuses_to_start(postgres_url, tmp
 
     assert result.returncode == 2
     assert "vidmem db upgrade" in result.stderr
+
+
+def test_setup_logging_when_a_line_or_traceback_quotes_a_camera_password_writes_it_redacted():
+    import io
+    import logging
+
+    from vidmem.cli import RedactingFilter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("tests.redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning("opening %s", "rtsp://admin:p@ss w0rd@192.0.2.7/live?token=s3cret")
+        try:
+            raise OSError("cannot open http://user:hunter2@198.51.100.4/x")
+        except OSError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+
+    text = out.getvalue()
+    assert "rtsp://***@192.0.2.7/live?token=***" in text and "http://***@198.51.100.4/x" in text, text
+    assert "p@ss" not in text and "s3cret" not in text and "hunter2" not in text, text
