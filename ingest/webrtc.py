@@ -1,10 +1,12 @@
 """Receive a browser's webcam over WebRTC (aiortc) into the same pipeline as every other source.
 
 A stream whose URL is ``webrtc://...`` runs a ``WebRTCReceiver`` as its decode thread: an
-asyncio loop of its own that waits for SDP offers. The API hands an offer over with
-``answer_offer(stream_id, sdp, type)`` (from any thread or event loop in the same process) and
-gets the answer back. Offers find their receiver by the stream's id, never by the name in its
-URL: a stream registered as ``webrtc://camA`` must not receive the offers meant for stream camA.
+asyncio loop of its own that waits for SDP offers. An offer is handed over with
+``answer_offer(stream_id, sdp, type)`` (from any event loop in the same process, or
+``answer_offer_sync`` from a thread) and gets the answer back; ``workers.signaling`` brings the
+API's offers here, in process or through Redis from another host. Offers find their receiver by
+the stream's id, never by the name in its URL: a stream registered as ``webrtc://camA`` must not
+receive the offers meant for stream camA.
 Each offer replaces the previous peer connection; the time in between is a gap on the stream's
 timeline, like an RTSP reconnect. aiortc decodes every frame it receives (VP8 or H.264), so the
 page caps the browser's frame rate instead (see ``Answer.max_framerate``).
@@ -20,6 +22,7 @@ default, because aiortc's own default sends a STUN request to a public server on
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -64,14 +67,33 @@ def is_waiting(stream_id: str) -> bool:
         return stream_id in _receivers
 
 
-async def answer_offer(stream_id: str, sdp: str, type_: str = "offer", timeout: float = 15.0) -> Answer:
-    """Give the offer to the receiver of stream ``stream_id`` and return its answer (usable from any loop)."""
+def waiting_ids() -> list[str]:
+    """Ids of the streams whose WebRTC ingest runs in this process (``workers.signaling`` serves their offers)."""
+    with _receivers_lock:
+        return list(_receivers)
+
+
+def _submit(stream_id: str, sdp: str, type_: str) -> concurrent.futures.Future[Answer]:
     with _receivers_lock:
         receiver = _receivers.get(stream_id)
     if receiver is None or receiver.loop is None:
         raise WebRTCNotReady(f"no WebRTC ingest of stream {stream_id!r} is running in this process")
-    future = asyncio.run_coroutine_threadsafe(receiver.accept(sdp, type_), receiver.loop)
-    return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    return asyncio.run_coroutine_threadsafe(receiver.accept(sdp, type_), receiver.loop)
+
+
+async def answer_offer(stream_id: str, sdp: str, type_: str = "offer", timeout: float = 15.0) -> Answer:
+    """Give the offer to the receiver of stream ``stream_id`` and return its answer (usable from any loop)."""
+    return await asyncio.wait_for(asyncio.wrap_future(_submit(stream_id, sdp, type_)), timeout)
+
+
+def answer_offer_sync(stream_id: str, sdp: str, type_: str = "offer", timeout: float = 15.0) -> Answer:
+    """``answer_offer`` for a thread without an event loop (the offer relay of a split deployment)."""
+    future = _submit(stream_id, sdp, type_)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise TimeoutError(f"the WebRTC ingest of stream {stream_id!r} did not answer within {timeout:.0f} s") from None
 
 
 def use_ice_hosts(hosts: tuple[str, ...]) -> None:

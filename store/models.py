@@ -103,6 +103,8 @@ class Question(Base):
     method: Mapped[str | None] = mapped_column(String(300), default=None)
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The worker (``workers.id``) that holds it while ``running``: a dead holder's question is re-queued.
+    worker_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
     stream: Mapped[Stream] = relationship(back_populates="questions")
 
@@ -111,7 +113,9 @@ class ChunkRecord(Base):
     """One chunk of a stream: where its frames are and what happened to it."""
 
     __tablename__ = "chunks"
-    __table_args__ = (UniqueConstraint("stream_id", "seq", name="uq_chunks_stream_seq"),)
+    # by status: the workers' recovery check and housekeeping look for pending chunks every few seconds
+    __table_args__ = (UniqueConstraint("stream_id", "seq", name="uq_chunks_stream_seq"),
+                      Index("ix_chunks_status", "status"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"))
@@ -127,3 +131,42 @@ class ChunkRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Deliveries to a worker; one that reached ``max_attempts`` killed its workers that often and fails.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class LeaseState(enum.StrEnum):
+    idle = "idle"  # no chain: the next submitted chunk starts one
+    queued = "queued"  # a task for the stream is on the queue
+    running = "running"  # a worker (``holder``) applies the stream's next chunk
+
+
+class StreamLease(Base):
+    """At most one chain of chunk tasks per stream: per-stream order without polling.
+
+    ``token`` grows with every task put on the queue; a task whose token is no longer the
+    lease's is a duplicate or stale delivery and does nothing. ``expires_at`` bounds how long a
+    queued or running lease is trusted before the workers' recovery check queues it again.
+    """
+
+    __tablename__ = "stream_leases"
+
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True)
+    token: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20), default=LeaseState.idle)
+    holder: Mapped[str | None] = mapped_column(String(32), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerBeat(Base):
+    """A live worker process: a thread refreshes ``beat_at``; a worker that stops beating is dead."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -11,10 +11,13 @@ from sqlalchemy.orm import Session, aliased
 from store.models import (
     ChunkRecord,
     ChunkStatus,
+    LeaseState,
     Question,
     QuestionStatus,
     Stream,
+    StreamLease,
     StreamStatus,
+    WorkerBeat,
     utcnow,
 )
 
@@ -240,3 +243,80 @@ def stream_timings(session: Session, *, stream_id: str) -> dict[str, float]:
         for key, value in (timings or {}).items():
             totals[key] = totals.get(key, 0.0) + float(value)
     return totals
+
+
+def list_chunks(session: Session, *, stream_id: str) -> list[ChunkRecord]:
+    query = select(ChunkRecord).where(ChunkRecord.stream_id == stream_id)
+    return list(session.scalars(query.order_by(ChunkRecord.seq)))
+
+
+def first_pending_chunk(session: Session, *, stream_id: str) -> ChunkRecord | None:
+    """The stream's lowest pending chunk: the only one its chain may apply next."""
+    query = select(ChunkRecord).where(ChunkRecord.stream_id == stream_id, ChunkRecord.status == ChunkStatus.pending)
+    return session.scalars(query.order_by(ChunkRecord.seq).limit(1)).first()
+
+
+def lock_lease(session: Session, *, stream_id: str) -> StreamLease:
+    """The stream's lease row, created when missing, locked until the commit.
+
+    The UPDATE takes PostgreSQL's row lock and SQLite's write lock, so that starting, taking
+    over and ending a stream's chain are serialised between ingest and every worker.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    now = utcnow()
+    session.execute(
+        insert(StreamLease).values(stream_id=stream_id, token=0, state=LeaseState.idle, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["stream_id"])
+    )
+    session.execute(update(StreamLease).where(StreamLease.stream_id == stream_id).values(updated_at=now))
+    query = select(StreamLease).where(StreamLease.stream_id == stream_id).execution_options(populate_existing=True)
+    return session.scalars(query).one()
+
+
+def busy_leases(session: Session) -> list[StreamLease]:
+    """Leases of streams whose chain is queued or running: what the recovery check looks at."""
+    return list(session.scalars(select(StreamLease).where(StreamLease.state != LeaseState.idle)))
+
+
+def streams_without_chain(session: Session) -> list[str]:
+    """Streams with pending chunks and no active chain (none started, or a start that failed)."""
+    busy = select(StreamLease.stream_id).where(StreamLease.state != LeaseState.idle)
+    query = select(ChunkRecord.stream_id).where(
+        ChunkRecord.status == ChunkStatus.pending, ChunkRecord.stream_id.not_in(busy)
+    )
+    return list(session.scalars(query.distinct()))
+
+
+def running_questions(session: Session) -> list[Question]:
+    return list(session.scalars(select(Question).where(Question.status == QuestionStatus.running)))
+
+
+def beat_worker(session: Session, *, worker_id: str, hostname: str, pid: int, queues: str) -> None:
+    """Record that worker ``worker_id`` is alive now (its row is created on the first beat)."""
+    now = utcnow()
+    done = session.execute(update(WorkerBeat).where(WorkerBeat.id == worker_id).values(beat_at=now))
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        session.add(WorkerBeat(id=worker_id, hostname=hostname, pid=pid, queues=queues, started_at=now, beat_at=now))
+
+
+def live_worker_ids(session: Session, *, since: datetime) -> set[str]:
+    return set(session.scalars(select(WorkerBeat.id).where(WorkerBeat.beat_at >= since)))
+
+
+def list_workers(session: Session) -> list[WorkerBeat]:
+    return list(session.scalars(select(WorkerBeat).order_by(WorkerBeat.started_at)))
+
+
+def forget_workers(
+    session: Session, *, worker_ids: list[str] | None = None, beat_before: datetime | None = None
+) -> int:
+    """Delete heartbeat rows: of ``worker_ids`` (stopped or known dead), or last beating before ``beat_before``."""
+    query = delete(WorkerBeat)
+    if worker_ids is not None:
+        query = query.where(WorkerBeat.id.in_(worker_ids))
+    if beat_before is not None:
+        query = query.where(WorkerBeat.beat_at < beat_before)
+    return session.execute(query).rowcount  # type: ignore[attr-defined]

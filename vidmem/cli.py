@@ -170,10 +170,17 @@ def api(host: HostOption = None, port: PortOption = None) -> None:
 def worker(
     loglevel: str = "INFO", hostname: str | None = None,
     log_file: Annotated[Path | None, typer.Option(help="log here, rotated (VIDMEM_LOG_MAX_BYTES)")] = None,
+    queues: Annotated[str, typer.Option(help="work taken: chunks (encoding), questions (answering) or both")] = (
+        "chunks,questions"
+    ),
 ) -> None:
-    """A Celery worker that encodes chunks and answers questions."""
-    from workers.app import create_celery, run_worker
+    """A Celery worker that encodes chunks and answers questions (or only one of them: --queues)."""
+    from workers.app import create_celery, parse_queues, run_worker
 
+    try:
+        queue_names = parse_queues(queues)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--queues") from exc
     settings = load_settings()
     if log_file is not None:
         setup_file_logging(log_file, settings, loglevel)
@@ -187,7 +194,7 @@ def worker(
     runtime.model  # noqa: B018 - load before announcing "ready", so the first chunk is not slow
     app = create_celery(settings)
     app.vidmem_runtime = runtime  # type: ignore[attr-defined]
-    run_worker(app, loglevel=loglevel, hostname=hostname)
+    run_worker(app, loglevel=loglevel, hostname=hostname, queues=queue_names)
 
 
 @app.command()
@@ -269,6 +276,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest",
     "accuracy": "bench.accuracy",
     "stream": "bench.stream",
+    "workers": "bench.workers",
 }
 TRAINERS = {"tiny": "bench.train_tiny", "cacovid": "bench.train_cacovid", "vtm": "bench.train_vtm"}
 

@@ -33,7 +33,17 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: str = "auto"
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per worker; unset: torch's default")
+    worker_concurrency: int = Field(
+        1, ge=1, description="tasks one worker process runs at once (threads); above 1, chunks of several streams "
+        "can share an encode batch"
+    )
     max_new_tokens: int = Field(16, ge=1, le=512)
+    encode_batch: int = Field(
+        8, ge=1, description="a worker encodes up to this many waiting chunks (of any streams) in one forward pass"
+    )
+    encode_wait_ms: float = Field(
+        20.0, ge=0, description="how long an encode waits for chunks already on their way to join its batch"
+    )
 
     stage1: str = Field("uniform:ratio=0.5", description="query-agnostic compression at ingest")
     stage2: str = Field("uniform", description="query-aware selection at question time")
@@ -99,6 +109,19 @@ class Settings(BaseSettings):
     max_streams: int = Field(64, ge=1, description="streams one deployment may register; more get 409")
     metrics_max_streams: int = Field(100, ge=0, description="/metrics has per-stream series for the newest N")
     task_time_limit_s: int = 600
+    heartbeat_s: float = Field(5.0, gt=0, description="how often each worker writes its heartbeat row")
+    worker_dead_after_s: float = Field(
+        20.0, gt=0, description="a worker whose last heartbeat is older than this is dead; its work is re-queued"
+    )
+    recovery_check_s: float = Field(
+        10.0, gt=0, description="how often every worker re-queues the work of dead workers and stalled chains"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="a question or chunk delivered this often without finishing (it killed its worker) fails"
+    )
+    test_fault_dir: Path | None = Field(
+        None, description="tests only: files named crash-<key> / hold-<key> here make a worker die / wait at <key>"
+    )
     api_pool_size: int = Field(8, ge=1, description="database connections of the API (ingest has its own)")
     api_pool_timeout_s: float = Field(2.0, gt=0, description="an API request waits this long for a connection")
 

@@ -8,6 +8,8 @@ time-limited; their outcome lives in the database, so results are ignored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from celery import Celery
 
 from vidmem.settings import Settings
@@ -59,13 +61,54 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-def run_worker(app: Celery, *, loglevel: str = "INFO", hostname: str | None = None) -> None:
-    """Run a solo-pool worker on both queues in this process until it is told to stop."""
+QUEUE_NAMES = {"chunks": CHUNK_QUEUE, "questions": QUESTION_QUEUE}
+
+
+def parse_queues(spec: str) -> list[str]:
+    """``chunks,questions`` (or the full queue names) to queue names; unknown names are refused."""
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    queues = [QUEUE_NAMES.get(name, name) for name in names]
+    unknown = [name for name in queues if name not in QUEUE_NAMES.values()]
+    if unknown or not queues:
+        raise ValueError(f"unknown queues {unknown or spec!r}: use a comma-separated list of {sorted(QUEUE_NAMES)}")
+    return list(dict.fromkeys(queues))
+
+
+def worker_argv(
+    settings: Settings, *, loglevel: str = "INFO", hostname: str | None = None,
+    queues: Sequence[str] = (CHUNK_QUEUE, QUESTION_QUEUE),
+) -> list[str]:
+    """Celery's command line: a solo pool, or threads when ``worker_concurrency`` > 1.
+
+    Threads (not processes) so that concurrent chunk tasks of different streams share the model
+    and its encode batches; a stream's chain never runs two of its chunks at once.
+    """
+    n = settings.worker_concurrency
     argv = [
-        "worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-        f"--queues={CHUNK_QUEUE},{QUESTION_QUEUE}",
+        "worker", "--pool=solo" if n == 1 else "--pool=threads", f"--concurrency={n}", f"--loglevel={loglevel}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", f"--queues={','.join(queues)}",
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app.worker_main(argv=argv)
+    return argv
+
+
+def run_worker(
+    app: Celery, *, loglevel: str = "INFO", hostname: str | None = None,
+    queues: Sequence[str] = (CHUNK_QUEUE, QUESTION_QUEUE),
+) -> None:
+    """Run a worker on ``queues`` in this process until it is told to stop (``worker_argv``).
+
+    Its heartbeat and the recovery check run in two threads of this process for as long as
+    the worker runs (``workers.heartbeat``); a clean stop removes its heartbeat row.
+    """
+    from workers.heartbeat import Heartbeat
+    from workers.tasks import runtime_of
+
+    argv = worker_argv(app.vidmem_settings, loglevel=loglevel, hostname=hostname, queues=queues)  # type: ignore[attr-defined]
+    heartbeat = Heartbeat(runtime_of(app.tasks["vidmem.chunks.process"]), queues)
+    heartbeat.start()
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        heartbeat.stop()

@@ -18,8 +18,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_r
 from store import repo
 from store.blobs import pack_frames
 from store.db import session_scope
-from store.models import ChunkRecord, ChunkStatus
-from workers import tasks
+from store.models import ChunkRecord, ChunkStatus, QuestionStatus
+from workers import chain, tasks
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,16 @@ def _record_chunk(
 
 
 def _enqueue_chunk(rt: Runtime, stream_id: str, seq: int) -> None:
-    """Enqueue a stored chunk; if the broker stays away its row stays pending for start-up recovery."""
+    """Start the stream's chain unless one is active (it will reach this chunk in order).
+
+    If the database or broker stays away the row stays pending; the workers' recovery check
+    starts the chain within ``recovery_check_s``.
+    """
     try:
-        _retrying(rt)(tasks.process_chunk.delay, stream_id, seq)
+        _retrying(rt)(chain.kick_stream, rt, stream_id)
     except TRANSIENT:
-        log.error("stream %s chunk %d: stored but not queued; queued again at the next start", stream_id, seq,
-                  exc_info=True)
+        log.error("stream %s chunk %d: stored but its chain not started; the workers' recovery check will",
+                  stream_id, seq, exc_info=True)
 
 
 def _forget_blob(rt: Runtime, blob_key: str) -> None:
@@ -139,16 +143,19 @@ def enqueue_question(question_id: str) -> None:
 
 
 def recover_unfinished(rt: Runtime) -> tuple[int, int]:
-    """Re-enqueue questions and chunks a dead worker left behind (tasks are idempotent)."""
+    """At ``vidmem serve``'s start and after it restarted its worker: queue again what was lost.
+
+    The dead worker of this host is forgotten at once (its process is gone), so its question and
+    chain are re-queued now rather than when its heartbeat ages out; queued questions are queued
+    again too, and so are queued chains, since the file broker loses a message taken by a killed
+    worker (a duplicate is harmless: the first delivery claims the question or the chain).
+    Returns (questions, chains) queued.
+    """
     with session_scope(rt.sessions) as session:
-        questions = [q.id for q in repo.unfinished_questions(session)]
-        chunks = [
-            (c.stream_id, c.seq)
-            for s in repo.list_streams(session)
-            for c in repo.pending_chunks(session, stream_id=s.id)
-        ]
-    for question_id in questions:
+        queued = [q.id for q in repo.unfinished_questions(session) if q.status == QuestionStatus.queued]
+    chain.reap_local_dead_workers(rt)
+    found = chain.recover_lost_work(rt)
+    chain.requeue_queued_chains(rt)
+    for question_id in queued:
         tasks.answer_question.delay(question_id)
-    for stream_id, seq in chunks:
-        tasks.process_chunk.delay(stream_id, seq)
-    return len(questions), len(chunks)
+    return found.questions + len(queued), found.chains + found.started

@@ -29,7 +29,9 @@ from store.db import session_scope
 from store.models import ChunkRecord, StreamStatus
 from workers.dispatch import submit_chunk
 from workers.housekeeping import Housekeeper
+from workers.redis_watch import RedisWatch
 from workers.runtime import Runtime
+from workers.signaling import OfferServer
 from workers.sources import ingest_config
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class IngestManager:
     def __init__(self, runtime: Runtime, poll_seconds: float = 1.0, stats_seconds: float = 2.0) -> None:
         self.runtime = runtime.for_role("ingest")  # its own connection pool: API load cannot starve ingest
         self.housekeeper = Housekeeper(self.runtime)  # orphaned blobs, old chunk rows
+        self.redis_watch = RedisWatch(self.runtime)  # what a Redis restart lost: queued again or a recorded gap
         self.poll_seconds = poll_seconds
         self.stats_seconds = stats_seconds
         self._stats_written = 0.0
@@ -58,9 +61,13 @@ class IngestManager:
         self._stop = threading.Event()
         self._shutting_down = False
         self._thread = threading.Thread(target=self._loop, name="ingest-manager", daemon=True)
+        # with Redis, the API (possibly on another host) reaches this process's WebRTC streams through it
+        self.offers = OfferServer(self.runtime.redis) if self.runtime.redis is not None else None
 
     def start(self) -> None:
         self._thread.start()
+        if self.offers is not None:
+            self.offers.start()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -69,6 +76,8 @@ class IngestManager:
         """Shut down: ingests stop, their streams stay active so that the next start resumes them."""
         self._shutting_down = True
         self._stop.set()
+        if self.offers is not None:
+            self.offers.stop()
         if self._thread.ident is not None:  # a manager driven by sync() alone has no thread
             self._thread.join(10)
         for running in self._running.values():
@@ -83,6 +92,7 @@ class IngestManager:
                 self.sync()
                 self.write_stats()
                 self.housekeeper.due()
+                self.redis_watch.due()
             except Exception:
                 log.exception("ingest manager sync failed")
             self._stop.wait(self.poll_seconds)
@@ -102,6 +112,9 @@ class IngestManager:
             stopped = [s.id for s in streams if not s.active and s.id in self._running]
             unsettled = [s.id for s in streams
                          if not s.active and s.id not in self._running and s.status not in FINAL_STATUSES]
+            known = {s.id for s in streams}
+        for stream_id in [sid for sid in self._running if sid not in known]:  # its row was deleted
+            self._running.pop(stream_id).ingest.stop()  # (a WebRTC stream no ingest took in time)
         for stream_id in stopped:
             self._running.pop(stream_id).ingest.stop()
             self._status(stream_id, StreamStatus.stopped, "stopped by request")

@@ -18,7 +18,9 @@ from store.memory_store import LocalMemoryStore, MemoryStore, RedisMemoryStore
 from vidmem.settings import DEFAULT_MODEL, Settings
 
 if TYPE_CHECKING:
+    from compression.pipeline import Pipeline, PipelineCache, PipelineSpec
     from vlm.base import VideoLLM
+    from workers.batching import EncodeBatcher
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ class Runtime:
                 sibling = Runtime(self.settings, role=role, _siblings=self._siblings,
                                   _siblings_lock=self._siblings_lock)
                 sibling.__dict__.update(redis=self.redis, memory_store=self.memory_store, blobs=self.blobs,
-                                        chunk_losses=self.chunk_losses)
+                                        chunk_losses=self.chunk_losses, pipelines=self.pipelines)
             return sibling
 
     @cached_property
@@ -124,6 +126,32 @@ class Runtime:
     @cached_property
     def chunk_losses(self) -> ChunkLosses:
         return ChunkLosses()
+
+    @cached_property
+    def pipelines(self) -> PipelineCache:
+        """Pipelines (both methods and their weights) built once per spec in this process."""
+        from compression.pipeline import PipelineCache
+
+        return PipelineCache()
+
+    @property
+    def pipeline_spec(self) -> PipelineSpec:
+        from compression.pipeline import PipelineSpec
+
+        s = self.settings
+        return PipelineSpec(s.stage1, s.memory_budget, s.stage2, s.llm_budget)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The settings' two-stage pipeline, the same object for every chunk and question of this process."""
+        return self.pipelines.get(self.pipeline_spec)
+
+    @cached_property
+    def encoder(self) -> EncodeBatcher:
+        """Encodes chunks of the streams this process works on at once in shared forward passes."""
+        from workers.batching import EncodeBatcher
+
+        return EncodeBatcher(lambda: self.model, self.settings.encode_batch, self.settings.encode_wait_ms / 1e3)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

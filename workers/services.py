@@ -7,20 +7,27 @@ running it twice, or after a worker died half-way, leaves the same result.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from sqlalchemy import update
 
 from compression.memory import Memory
-from compression.registry import SelectContext, build_method, state_from_bytes, state_to_bytes
+from compression.pipeline import PipelineState
+from compression.registry import state_from_bytes, state_to_bytes
 from compression.tokens import StoredFormatError, TokenBlock
 from store import repo
 from store.blobs import unpack_frames
 from store.db import session_scope
 from store.memory_store import MemoryRecord
-from store.models import ChunkStatus, QuestionStatus, utcnow
+from store.models import ChunkStatus, Question, QuestionStatus, utcnow
+from workers import chain
+from workers.batching import Encoded
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -30,7 +37,7 @@ UNTRAINED_PREFIX = "[untrained model] "
 
 
 class NotReadyYet(Exception):
-    """An earlier chunk of the stream is still pending: try again shortly."""
+    """An earlier chunk of the stream is still pending (a guard: the stream's chain never asks for such a chunk)."""
 
 
 class ConcurrentUpdate(Exception):
@@ -49,8 +56,12 @@ class StreamMemory:
 
     @classmethod
     def fresh(cls, rt: Runtime) -> StreamMemory:
-        stage1 = build_method(rt.settings.stage1, stage=1)
-        return cls(0, -1, Memory(rt.settings.memory_budget), stage1.init_state(), 0)
+        start = rt.pipeline.init()
+        return cls(0, -1, start.memory, start.stage1, 0)
+
+    @property
+    def pipeline_state(self) -> PipelineState:
+        return PipelineState(self.stage1_state, self.memory)  # type: ignore[arg-type] - a dict, checked at load
 
     @classmethod
     def load(cls, rt: Runtime, stream_id: str) -> StreamMemory:
@@ -75,8 +86,11 @@ class StreamMemory:
 def apply_chunk(rt: Runtime, stream_id: str, seq: int) -> str:
     """Encode chunk ``seq``, compress it (stage 1) and append it to the stream's memory.
 
-    Applied exactly once and in order: a chunk at or below the memory's last applied seq is
-    skipped; one whose predecessors are still pending raises NotReadyYet.
+    Applied exactly once and in order: the stream's chain (``workers.chain``) hands each worker
+    the stream's lowest pending chunk, one at a time. A chunk the memory already holds (the
+    worker died between saving the memory and its row) is marked applied; one behind the memory
+    is a recorded gap; one whose predecessors are still pending raises NotReadyYet (a guard: the
+    chain never asks for it).
     """
     with session_scope(rt.sessions) as session:
         chunk = repo.get_chunk(session, stream_id=stream_id, seq=seq)
@@ -84,9 +98,13 @@ def apply_chunk(rt: Runtime, stream_id: str, seq: int) -> str:
     if chunk_status in (ChunkStatus.applied, ChunkStatus.failed):
         return f"chunk already {chunk_status}"
     current = StreamMemory.load(rt, stream_id)
-    if seq <= current.last_seq:
+    if seq == current.last_seq:
         _finish_chunk(rt, stream_id, seq, ChunkStatus.applied)
         return "chunk already in memory"
+    if seq < current.last_seq:  # never relabelled applied: the memory does not hold it
+        if chunk_status == ChunkStatus.pending:
+            _finish_chunk(rt, stream_id, seq, ChunkStatus.dropped, error="dropped: later chunks were applied first")
+        return "chunk behind the memory"
     _check_order(rt, stream_id, seq, current.last_seq)
     if chunk_status == ChunkStatus.dropped:
         return "chunk dropped by backpressure"
@@ -94,6 +112,7 @@ def apply_chunk(rt: Runtime, stream_id: str, seq: int) -> str:
     if blob is None:
         _finish_chunk(rt, stream_id, seq, ChunkStatus.failed, error="frames expired before processing")
         return "frames expired"
+    _fault_point(rt, f"{stream_id}-{seq}")
     updated, figures = _compress_into_memory(rt, current, blob, seq)
     if not rt.memory_store.save(stream_id, updated.to_record(), expected_version=current.version):
         raise ConcurrentUpdate(f"memory of stream {stream_id} changed while applying chunk {seq}")
@@ -104,32 +123,71 @@ def apply_chunk(rt: Runtime, stream_id: str, seq: int) -> str:
 
 
 def _check_order(rt: Runtime, stream_id: str, seq: int, last_seq: int) -> None:
+    """Raise NotReadyYet if a chunk between the memory's last one and ``seq`` is pending.
+
+    The row of the memory's last chunk is set applied if it is not: a worker died between
+    saving the memory and its row, and backpressure may have dropped the row meanwhile.
+    """
     with session_scope(rt.sessions) as session:
-        earlier = repo.chunks_before(session, stream_id=stream_id, seq=seq, after=last_seq)
-        waiting = [c.seq for c in earlier if c.status == ChunkStatus.pending]
+        earlier = repo.chunks_before(session, stream_id=stream_id, seq=seq, after=last_seq - 1)
+        for chunk in earlier:
+            if chunk.seq == last_seq and chunk.status != ChunkStatus.applied:
+                log.warning("stream %s chunk %d is in memory but was %s: marked applied", stream_id, chunk.seq,
+                            chunk.status)
+                chunk.status, chunk.error, chunk.applied_at = ChunkStatus.applied, None, utcnow()
+        waiting = [c.seq for c in earlier if c.seq > last_seq and c.status == ChunkStatus.pending]
     if waiting:
         raise NotReadyYet(f"stream {stream_id} chunk {seq} waits for chunks {waiting}")
 
 
 def _compress_into_memory(rt: Runtime, current: StreamMemory, blob: bytes, seq: int) -> tuple[StreamMemory, dict]:
-    images, timestamps, motion = unpack_frames(blob)
-    model = rt.model  # loaded on first use: not part of the encode time
+    """One chunk through :func:`compress_chunks` (its encode still shares a batch with other threads')."""
+    return compress_chunks(rt, [ChunkWork("", current, blob, seq)])[0]
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    """One stream's next chunk to apply: its memory as loaded, the chunk's frames blob and seq."""
+
+    stream_id: str
+    current: StreamMemory
+    blob: bytes
+    seq: int
+
+
+def compress_chunks(rt: Runtime, items: Sequence[ChunkWork]) -> list[tuple[StreamMemory, dict]]:
+    """Encode the chunks of several streams in shared forward passes, then run stage 1 on each stream.
+
+    Returns each stream's updated memory and the chunk's figures, in the order of ``items``; nothing is
+    saved here. Encodes of other threads of this process join the same batch (``rt.encoder``). One item
+    per stream: two chunks of one stream would both be applied to the same memory.
+    """
+    streams = [w.stream_id for w in items if w.stream_id]
+    if len(set(streams)) != len(streams):
+        raise ValueError("compress_chunks takes at most one chunk per stream")
+    from vlm.batch import Clip
+
+    with rt.encoder.expecting():
+        frames = [unpack_frames(w.blob) for w in items]
+        clips = [Clip(images, ts.tolist(), w.current.frames_seen)
+                 for (images, ts, _), w in zip(frames, items, strict=True)]
+        encoded = rt.encoder.encode(clips)
+    return [_stage1(rt, w, enc, images.shape[0], motion)
+            for w, enc, (images, _, motion) in zip(items, encoded, frames, strict=True)]
+
+
+def _stage1(rt: Runtime, work: ChunkWork, encoded: Encoded, num_frames: int,
+            motion: np.ndarray | None) -> tuple[StreamMemory, dict]:
+    block = encoded.block if motion is None else _with_motion(encoded.block, motion)
     t0 = time.perf_counter()
-    block = model.encode(images, timestamps.tolist(), frame_offset=current.frames_seen)
-    if motion is not None:
-        block = _with_motion(block, motion)
+    state, compressed = rt.pipeline.step(work.current.pipeline_state, block)
     t1 = time.perf_counter()
-    stage1 = build_method(rt.settings.stage1, stage=1)
-    state, compressed = stage1.update(current.stage1_state, block)
-    memory = current.memory.append(compressed)
-    t2 = time.perf_counter()
-    updated = StreamMemory(
-        current.version + 1, seq, memory, state, current.frames_seen + int(images.shape[0])
-    )
+    current = work.current
+    updated = StreamMemory(current.version + 1, work.seq, state.memory, state.stage1, current.frames_seen + num_frames)
     figures = {
         "tokens_in": int(block.features.shape[0] * block.features.shape[1]),
         "tokens_out": len(compressed),
-        "timings": {"encode_ms": (t1 - t0) * 1e3, "compress_ms": (t2 - t1) * 1e3},
+        "timings": {"encode_ms": encoded.encode_ms, "encode_batch": encoded.batch, "compress_ms": (t1 - t0) * 1e3},
     }
     return updated, figures
 
@@ -163,24 +221,19 @@ def _finish_chunk(rt: Runtime, stream_id: str, seq: int, status: str, **figures)
 
 def answer_question(rt: Runtime, question_id: str) -> str:
     """Answer a queued question over its stream's memory and store the answer row."""
-    with session_scope(rt.sessions) as session:
-        question = repo.get_question(session, question_id)
-        if question.status in (QuestionStatus.done, QuestionStatus.failed):
-            return f"question already {question.status}"
-        question.status = QuestionStatus.running
-        question.started_at = utcnow()
-        question.attempts += 1
-        stream_id, text = question.stream_id, question.text
-        window = (question.window_start, question.window_end)
+    claimed = claim_question(rt, question_id, chain.worker_id())
+    if isinstance(claimed, str):
+        return claimed
+    stream_id, text, window = claimed
+    _fault_point(rt, question_id)
     current = StreamMemory.load(rt, stream_id)
     tokens = current.memory.window(*window)
     if len(tokens) == 0:
         _store_answer(rt, question_id, answer=NO_VIDEO_ANSWER, before=0, after=0, timings={})
         return "no video yet"
+    pipeline, model = rt.pipeline, rt.model  # built once per process
     t0 = time.perf_counter()
-    stage2 = build_method(rt.settings.stage2, stage=2)
-    model = rt.model
-    selected = stage2.select(tokens, rt.settings.llm_budget, SelectContext(question=text, model=model))
+    selected = pipeline.choose(tokens, text, model)
     t1 = time.perf_counter()
     answer = model.answer(text, selected, max_new_tokens=rt.settings.max_new_tokens)
     prefix = "" if model.trained else UNTRAINED_PREFIX
@@ -191,6 +244,56 @@ def answer_question(rt: Runtime, question_id: str) -> str:
     )
     log.info("question %s answered over %d/%d tokens", question_id, len(selected), len(tokens))
     return "answered"
+
+
+def claim_question(
+    rt: Runtime, question_id: str, holder: str
+) -> tuple[str, str, tuple[float | None, float | None]] | str:
+    """Mark the question ``running`` on ``holder``: its stream, text and window; or why not.
+
+    A question finished, or running on a live worker, is left alone (a duplicate delivery); one
+    running on a dead worker is taken over. ``attempts`` counts deliveries and serves as the row's
+    version, so of two workers claiming at once one wins; one already delivered ``max_attempts``
+    times (it killed its workers) fails with that reason instead.
+    """
+    now = utcnow()
+    with session_scope(rt.sessions) as session:
+        question = repo.get_question(session, question_id)
+        status, attempts = question.status, question.attempts
+        if status in (QuestionStatus.done, QuestionStatus.failed):
+            return f"question already {status}"
+        if status == QuestionStatus.running and question.worker_id in chain.live_workers(session, rt, now):
+            return f"question running on worker {question.worker_id}"
+        if attempts >= rt.settings.max_attempts:
+            question.status, question.worker_id = QuestionStatus.failed, None
+            question.error, question.finished_at = chain.killed_reason("question", attempts), now
+            log.error("question %s failed: delivered %d times without finishing", question_id, attempts)
+            return "failed: killed its workers"
+        claimed = session.execute(
+            update(Question).where(Question.id == question_id, Question.attempts == attempts)
+            .values(status=QuestionStatus.running, worker_id=holder, started_at=now, attempts=attempts + 1)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return "question claimed by another worker"
+        return question.stream_id, question.text, (question.window_start, question.window_end)
+
+
+def _fault_point(rt: Runtime, key: str) -> None:
+    """Tests only (``test_fault_dir`` set): die here, or wait here, to stop a worker at a known point.
+
+    ``crash-<key>`` SIGKILLs this process; ``hold-<key>`` makes it write its pid to ``holding-<key>``
+    and wait until the hold file is removed. Keys: a question id, or ``<stream id>-<seq>``.
+    """
+    folder = rt.settings.test_fault_dir
+    if folder is None:
+        return
+    if (folder / f"crash-{key}").exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+    hold = folder / f"hold-{key}"
+    if hold.exists():
+        (folder / f"holding-{key}").write_text(f"{os.getpid()}\n")
+        while hold.exists():
+            time.sleep(0.05)
 
 
 def _store_answer(
@@ -205,10 +308,7 @@ def _store_answer(
         question.visual_tokens_after = after
         question.timings = timings
         question.model = model or settings.model
-        question.method = (
-            f"stage1={settings.stage1}; memory_budget={settings.memory_budget}; "
-            f"stage2={settings.stage2}; llm_budget={settings.llm_budget}"
-        )
+        question.method = rt.pipeline_spec.describe()
         question.finished_at = utcnow()
 
 

@@ -1,14 +1,15 @@
 """WebRTC: ``POST /streams/{id}/webrtc`` answers a browser's SDP offer; ``GET /webcam`` is the page.
 
 The stream (``webrtc://<id>``) is created on the first offer if it does not exist. Its ingest is
-started by the ingest manager like any other stream and receives the offer through
-``ingest.webrtc.answer_offer``, found by the stream's id in the path and never by the name in a
-stored ``webrtc://`` URL; that needs the ingest in the API's process (``vidmem serve``).
+started by the ingest manager like any other stream, in whichever process runs ingest, and
+receives the offer through ``workers.signaling`` (Redis in split deployments, in process under
+``vidmem serve`` without Redis), found by the stream's id in the path and never by the name in a
+stored ``webrtc://`` URL. When no ingest takes the offer in time the answer is 503, and a stream
+this request created is removed again: it never stays ``connecting`` with nothing to run it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 from typing import Literal
@@ -20,18 +21,17 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, Writer
 from ingest.sources import WEBRTC_PREFIX
-from ingest.webrtc import WebRTCNotReady, answer_offer, is_waiting
 from store import repo
 from store.db import session_scope
-from store.models import Stream, StreamStatus
+from store.models import ChunkRecord, Stream, StreamStatus
 from store.repo import NotFound
 from workers.runtime import Runtime
+from workers.signaling import NoIngest, OfferFailed, relay_offer
 
 router = APIRouter(tags=["webrtc"])
 
 PAGE = Path(__file__).resolve().parent.parent / "static" / "webcam.html"
 STREAM_ID = r"^[A-Za-z0-9_-]{1,32}$"
-INGEST_WAIT_S = 10.0  # the ingest manager starts new streams within about a second
 FINAL = {StreamStatus.ended, StreamStatus.failed, StreamStatus.stopped}
 
 
@@ -58,14 +58,15 @@ async def webrtc_offer(stream_id: str, offer: WebRTCOffer, runtime: RuntimeDep) 
     """Answer a browser's SDP offer; its webcam becomes the stream's video (created if new)."""
     if not _valid_id(stream_id):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"stream id must match {STREAM_ID}")
-    await run_in_threadpool(_ensure_webrtc_stream, runtime, stream_id)
-    await _wait_for_ingest(stream_id)
+    created = await run_in_threadpool(_ensure_webrtc_stream, runtime, stream_id)
     try:
-        answer = await answer_offer(stream_id, offer.sdp, offer.type)
-    except WebRTCNotReady as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-    except ValueError as exc:  # aiortc rejects a malformed or unsupported offer
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"bad SDP offer: {exc}") from exc
+        answer = await relay_offer(runtime, stream_id, offer.sdp, offer.type)
+    except NoIngest as exc:
+        if created:
+            await run_in_threadpool(_remove_unstarted_stream, runtime, stream_id)
+        raise HTTPException(exc.status, str(exc)) from exc
+    except OfferFailed as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
     return WebRTCAnswer(stream_id=stream_id, sdp=answer.sdp, type=answer.type, max_framerate=answer.max_framerate)
 
 
@@ -73,8 +74,8 @@ def _valid_id(stream_id: str) -> bool:
     return re.fullmatch(STREAM_ID, stream_id) is not None
 
 
-def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> None:
-    """Create ``webrtc://<id>`` if new; refuse streams with another source or already finished.
+def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> bool:
+    """Create ``webrtc://<id>`` if new (True); refuse streams with another source or already finished.
 
     Any ``webrtc://`` stream takes offers at its own id, whatever name its URL holds (older versions let
     ``POST /streams`` register ``webrtc://<name>``, which then could be fed only through another stream's path).
@@ -91,20 +92,23 @@ def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> None:
                 ) from None
             session.add(Stream(id=stream_id, name=f"webcam {stream_id}", source_url=f"webrtc://{stream_id}",
                                status=StreamStatus.connecting, stats={}))
-            return
+            return True
         if not stream.source_url.startswith(WEBRTC_PREFIX):
             raise HTTPException(status.HTTP_409_CONFLICT, f"stream {stream_id!r} is not a WebRTC stream")
         if not stream.active or stream.status in FINAL:
             raise HTTPException(status.HTTP_409_CONFLICT, f"stream {stream_id!r} is {stream.status}")
+    return False
 
 
-async def _wait_for_ingest(stream_id: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + INGEST_WAIT_S
-    while not is_waiting(stream_id):
-        if loop.time() > deadline:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                f"no ingest took stream {stream_id!r} within {INGEST_WAIT_S:.0f} s (WebRTC needs `vidmem serve`)",
-            )
-        await asyncio.sleep(0.1)
+def _remove_unstarted_stream(runtime: Runtime, stream_id: str) -> None:
+    """Delete the stream this request created when nothing ran it: no chunk, no question, no ingest.
+
+    An ingest that starts it after all finds its row gone and stops it (``IngestManager.sync``);
+    the next offer to the same id creates it afresh.
+    """
+    with session_scope(runtime.sessions) as session:
+        stream = session.get(Stream, stream_id)
+        has_chunks = session.query(ChunkRecord.seq).filter(ChunkRecord.stream_id == stream_id).first() is not None
+        if stream is None or has_chunks or repo.list_questions(session, stream_id=stream_id, limit=1)[1]:
+            return
+        session.delete(stream)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from concurrent.futures import ThreadPoolExecutor
 
-from compression.pipeline import Pipeline
+import pytest
+import torch
+
+from compression.pipeline import Pipeline, PipelineCache, PipelineSpec
 from tests.compression.helpers import FakeHooks, chunks_of, scene_video
 
 
@@ -34,3 +37,31 @@ def test_pipeline_when_a_window_is_asked_then_only_tokens_seen_in_it_are_candida
 def test_pipeline_when_a_stage2_spec_names_a_stage1_method_then_it_fails_at_construction():
     with pytest.raises(ValueError, match="not a stage-2 method"):
         Pipeline("none", 10, "tome", 5)
+
+
+def test_pipeline_step_when_a_chunk_is_ingested_then_returns_what_stage1_kept_and_the_same_state_as_ingest():
+    pipe = Pipeline("uniform:ratio=0.5", 10_000, "uniform", 1000)
+    block = next(iter(chunks_of(scene_video(8, scene_length=4), 8, (4, 4))))
+    state, kept = pipe.step(pipe.init(), block)
+    assert len(kept) == 64 and state.memory.num_tokens == 64
+    assert torch.equal(state.memory.tokens.features, pipe.ingest(pipe.init(), block).memory.tokens.features)
+    chosen = pipe.choose(state.memory.window(), "q")
+    assert torch.equal(chosen.features, pipe.select(state, "q").features)
+
+
+def test_pipeline_cache_when_threads_ask_for_one_spec_then_builds_once_and_reads_the_weights_once(
+    tmp_path, monkeypatch
+):
+    saliency = tmp_path / "u.pt"
+    torch.save(torch.randn(8), saliency)
+    reads: list[str] = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(str(f)) or real_load(f, *a, **k))
+    cache = PipelineCache()
+    spec = PipelineSpec(f"vtm:target=learnable,saliency_path={saliency}", 100, "uniform", 10)
+    with ThreadPoolExecutor(4) as pool:
+        pipes = list(pool.map(lambda _: cache.get(spec), range(8)))
+    assert all(p is pipes[0] for p in pipes) and cache.builds == 1 and reads == [str(saliency)]
+    other = cache.get(PipelineSpec(spec.stage1, 100, "recent", 10))
+    assert other is not pipes[0] and cache.builds == 2 and reads == [str(saliency)] * 2
+    assert other.describe() == f"stage1={spec.stage1}; memory_budget=100; stage2=recent; llm_budget=10"
