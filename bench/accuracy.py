@@ -1,5 +1,13 @@
 """Accuracy of every registered compression method at fixed retentions (``vidmem bench accuracy``).
 
+The yardstick is honest: options are shuffled and answers balanced per template (a text-only
+predictor scores chance), multiple choice is scored by option likelihood (lm-evaluation-harness
+style, ``evalkit.score_options``), and every table carries, from the same run and questions, the
+uncompressed model, zero visual tokens (the blind floor), another clip's tokens and chance. Each
+method's row gives its accuracy with a 95 % interval, the video contribution kept
+= (acc - blind) / (full - blind) with a paired bootstrap interval, and an exact McNemar test
+against the uncompressed model on the same questions.
+
 Held-out clips (seeds never used in training) are encoded in 4-frame chunks, as ingest would.
 Stage-1 methods run incrementally over the chunks (``init_state``/``update``); stage-2 methods
 select from all the clip's tokens under a budget of ``retention * tokens`` for each question. The
@@ -12,7 +20,8 @@ its partition factor (``gamma = 1 / retention`` with every source merged), thres
 (dtd, adatp-local) by bisection of their threshold on calibration clips; the tokens they
 actually keep are reported.
 
-    vidmem bench accuracy --clips 32
+    vidmem bench accuracy --quick
+    vidmem bench accuracy --model models/vidmem-tiny-v2 --methods fastv,visionzip --retentions 0.25,0.05
 """
 
 from __future__ import annotations
@@ -28,8 +37,22 @@ from typing import Annotated
 import torch
 import typer
 
-from bench.evalkit import Scored, accuracy, concat_blocks, encode_chunks, load, median, per_type, score
-from bench.tiny_data import Clip, heldout_clips
+from bench.evalkit import (
+    Scored,
+    accuracy,
+    concat_blocks,
+    contribution_kept,
+    encode_chunks,
+    interval,
+    load,
+    mcnemar_p,
+    median,
+    per_type,
+    question_text,
+    score_options_many,
+)
+from bench.evalkit import score_options as score
+from bench.tiny_data import HELDOUT_SEED_LIMIT, Clip, heldout_clips
 from compression.registry import SelectContext, build_method, list_methods, method_info
 from compression.tokens import TokenBlock, TokenSet
 
@@ -42,7 +65,7 @@ SKIP = {"none"}  # the uncompressed row
 @dataclass
 class AccuracyConfig:
     model: str = "vidmem-tiny"
-    clips: int = 32
+    clips: int = 112  # about 650 questions: the overall column's interval is within +-4 points
     first_seed: int = 50_000  # held-out: below the training seeds, apart from the model card's set
     retentions: tuple[float, ...] = RETENTIONS
     methods: tuple[str, ...] = ()  # empty: every registered method
@@ -115,7 +138,7 @@ def stage1_spec(name: str, retention: float, calib: list[Prepared]) -> str:
 
 
 def prepare(model, cfg: AccuracyConfig) -> list[Prepared]:  # type: ignore[no-untyped-def]
-    clips = heldout_clips(cfg.clips, cfg.frame_size, first_seed=cfg.first_seed)
+    clips = heldout_clips(cfg.clips, cfg.frame_size, first_seed=cfg.first_seed, honest=True)
     out = []
     for clip in clips:
         blocks = encode_chunks(model, clip.frames, clip.times, cfg.chunk_frames)
@@ -127,7 +150,7 @@ def eval_stage1(model, row: Row, prepared: list[Prepared]) -> None:  # type: ign
     for p in prepared:
         kept, ms = run_stage1(row.spec, p.blocks)
         row.compress_ms.append(ms)
-        row.scored += [score(model, q, kept) for q in p.clip.questions]
+        row.scored += score_options_many(model, p.clip.questions, kept)
 
 
 def eval_stage2(model, row: Row, prepared: list[Prepared]) -> None:  # type: ignore[no-untyped-def]
@@ -136,7 +159,7 @@ def eval_stage2(model, row: Row, prepared: list[Prepared]) -> None:  # type: ign
         budget = max(1, round(row.retention * len(p.tokens)))
         for i, q in enumerate(p.clip.questions):
             start = time.perf_counter()
-            kept = method.select(p.tokens, budget, SelectContext(q.text, model, seed=i))
+            kept = method.select(p.tokens, budget, SelectContext(question_text(model, q), model, seed=i))
             row.compress_ms.append((time.perf_counter() - start) * 1e3)
             row.scored.append(score(model, q, kept))
 
@@ -184,15 +207,27 @@ def evaluate_row(model, row: Row, prepared: list[Prepared]) -> None:  # type: ig
         log.warning("%s (stage %d) failed: %s", row.method, row.stage, row.error)
 
 
-def summarise(row: Row, base_acc: float) -> dict:
+def summarise(row: Row, controls: dict[str, list[Scored]]) -> dict:
+    """The row's accuracy with its interval, % of the uncompressed accuracy, video contribution kept (with a
+    paired bootstrap interval) and McNemar's p against the uncompressed model on the same questions."""
     acc = accuracy(row.scored)
+    hits = [s.correct for s in row.scored]
+    full = [s.correct for s in controls["uncompressed"]]
+    blind = [s.correct for s in controls["zero visual tokens"]]
+    paired = len(hits) == len(full) and not row.error
+    kept, kept_lo, kept_hi = contribution_kept(hits, full, blind) if paired else (float("nan"),) * 3
+    base_acc = accuracy(controls["uncompressed"])
     return {
         "method": row.method,
         "stage": row.stage,
         "retention": row.retention,
         "spec": row.spec,
         "accuracy": acc,
+        "interval": interval(hits),
         "pct_of_uncompressed": 100 * acc / base_acc if base_acc else float("nan"),
+        "contribution_kept": kept,
+        "contribution_interval": (kept_lo, kept_hi),
+        "p_vs_uncompressed": mcnemar_p(hits, full) if paired else float("nan"),
         "tokens_kept": float(torch.tensor([s.visual_tokens for s in row.scored], dtype=torch.float).mean())
         if row.scored
         else float("nan"),
@@ -204,60 +239,57 @@ def summarise(row: Row, base_acc: float) -> dict:
     }
 
 
-def print_tables(base: dict, results: list[dict]) -> None:
+def _cell(lo_hi: tuple[float, float], scale: float = 100) -> str:
+    return f"{lo_hi[0] * scale:.0f}-{lo_hi[1] * scale:.0f}"
+
+
+def print_tables(controls: list[dict], chance: float, results: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=f"accuracy vs retention (uncompressed {base['accuracy'] * 100:.1f}%, "
-        f"{base['tokens_kept']:.0f} tokens, prefill {base['prefill_ms']:.1f} ms)"
-    )
-    for col in (
-        "method",
-        "stage",
-        "retention",
-        "accuracy",
-        "% of uncompr.",
-        "tokens kept",
-        "compress ms",
-        "prefill ms",
-    ):
-        table.add_column(col, justify="right" if col not in ("method",) else "left")
-    for r in results:
+    base = controls[0]
+    table = Table(title=f"honest accuracy vs retention ({base['questions']} questions, chance {chance * 100:.1f}%, "
+                        f"uncompressed {base['tokens_kept']:.0f} tokens, prefill {base['prefill_ms']:.1f} ms)")
+    for col in ("method", "stage", "retention", "accuracy", "95% CI", "contribution kept", "95% CI ", "p vs full",
+                "tokens kept", "compress ms", "prefill ms"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in [*controls, *results]:
         if r["error"]:
-            table.add_row(
-                r["method"], str(r["stage"]), f"{r['retention']:.0%}", f"[red]{r['error'][:60]}", "", "", "", ""
-            )
+            table.add_row(r["method"], str(r["stage"]), f"{r['retention']:.0%}", f"[red]{r['error'][:60]}",
+                          *([""] * 7))
             continue
-        table.add_row(
-            r["method"],
-            str(r["stage"]),
-            f"{r['retention']:.0%}",
-            f"{r['accuracy'] * 100:.1f}",
-            f"{r['pct_of_uncompressed']:.1f}",
-            f"{r['tokens_kept']:.1f}",
-            f"{r['compress_ms']:.2f}",
-            f"{r['prefill_ms']:.1f}",
-        )
+        table.add_row(r["method"], str(r["stage"]), f"{r['retention']:.0%}", f"{r['accuracy'] * 100:.1f}",
+                      _cell(r["interval"]), f"{r['contribution_kept'] * 100:.0f}%",
+                      _cell(r["contribution_interval"]), f"{r['p_vs_uncompressed']:.3g}", f"{r['tokens_kept']:.1f}",
+                      f"{r['compress_ms']:.2f}", f"{r['prefill_ms']:.1f}")
     types = sorted(base["per_type"])
     by_type = Table(title="accuracy per question type (%)")
     for col in ("method", "stage", "retention", *types):
         by_type.add_column(col)
-    by_type.add_row("uncompressed", "-", "100%", *(f"{base['per_type'][t] * 100:.0f}" for t in types))
-    for r in results:
+    for r in [*controls, *results]:
         if not r["error"]:
-            by_type.add_row(
-                r["method"],
-                str(r["stage"]),
-                f"{r['retention']:.0%}",
-                *(f"{r['per_type'].get(t, float('nan')) * 100:.0f}" for t in types),
-            )
-    console = Console(width=160)
+            by_type.add_row(r["method"], str(r["stage"]), f"{r['retention']:.0%}",
+                            *(f"{r['per_type'].get(t, float('nan')) * 100:.0f}" for t in types))
+    console = Console(width=180)
     console.print(table)
     console.print(by_type)
 
 
-def plot(base: dict, results: list[dict], path: Path) -> None:
+def control_rows(model, prepared: list[Prepared]) -> dict[str, list[Scored]]:  # type: ignore[no-untyped-def]
+    """The same questions with every token, with none, and with another held-out clip's tokens (the next clip
+    with as many frames, so the prompt has the same shape)."""
+    empty = TokenSet.empty(prepared[0].tokens.dim, prepared[0].tokens.grid)
+    out: dict[str, list[Scored]] = {"uncompressed": [], "zero visual tokens": [], "another clip's tokens": []}
+    for i, p in enumerate(prepared):
+        ring = prepared[i + 1:] + prepared[:i]
+        other = next((o for o in ring if len(o.clip.times) == len(p.clip.times)), ring[0] if ring else p)
+        out["uncompressed"] += score_options_many(model, p.clip.questions, p.tokens)
+        out["zero visual tokens"] += score_options_many(model, p.clip.questions, empty)
+        out["another clip's tokens"] += score_options_many(model, p.clip.questions, other.tokens)
+    return out
+
+
+def plot(base: dict, blind: dict, results: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,6 +300,7 @@ def plot(base: dict, results: list[dict], path: Path) -> None:
         pts = sorted((r["retention"], r["accuracy"]) for r in results if (r["method"], r["stage"]) == key)
         ax.plot([p[0] * 100 for p in pts], [p[1] * 100 for p in pts], marker="o", label=f"{key[0]} (s{key[1]})")
     ax.axhline(base["accuracy"] * 100, color="k", linestyle="--", label="uncompressed")
+    ax.axhline(blind["accuracy"] * 100, color="grey", linestyle=":", label="zero visual tokens")
     ax.set_xscale("log")
     ax.set_xticks([r * 100 for r in RETENTIONS], [f"{r:.0%}" for r in RETENTIONS])
     ax.set_xlabel("retention of visual tokens")
@@ -280,61 +313,86 @@ def plot(base: dict, results: list[dict], path: Path) -> None:
 
 
 def run(cfg: AccuracyConfig) -> dict:
-    """Run every (method, retention), print the tables, write JSON and PNG; returns the results."""
+    """Run the controls and every (method, retention), print the tables, write JSON and PNG; returns the report."""
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     model = load(cfg.model, cfg.dtype)
     prepared = prepare(model, cfg)
-    base_row = Row("uncompressed", 0, 1.0, "none")
-    for p in prepared:
-        base_row.scored += [score(model, q, p.tokens) for q in p.clip.questions]
-    base = summarise(base_row, accuracy(base_row.scored))
+    scored = control_rows(model, prepared)
+    controls = [summarise(Row(name, 0, 1.0 if name == "uncompressed" else 0.0, "none", rows), scored)
+                for name, rows in scored.items()]
+    chance = float(sum(1 / len(q.choices) for p in prepared for q in p.clip.questions) / len(scored["uncompressed"]))
     rows = plan_rows(cfg, prepared[:4])
     for row in rows:
         evaluate_row(model, row, prepared)
         log.info("%s s%d %.0f%%: %.3f", row.method, row.stage, row.retention * 100, accuracy(row.scored))
-    results = [summarise(r, base["accuracy"]) for r in rows]
+    results = [summarise(r, scored) for r in rows]
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "config": dataclasses.asdict(cfg),
-        "uncompressed": base,
+        "uncompressed": controls[0],
+        "controls": controls,
+        "chance": chance,
         "results": results,
         "wall_s": time.perf_counter() - started,
     }
     (out / "accuracy.json").write_text(json.dumps(report, indent=1))
-    plot(base, results, out / "accuracy.png")
-    print_tables(base, results)
+    plot(controls[0], controls[1], results, out / "accuracy.png")
+    print_tables(controls, chance, results)
     return report
+
+
+QUICK = {"clips": 24, "retentions": (0.25, 0.05)}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
 
 
 def cli(
     model: Annotated[str, typer.Option(help="'vidmem-tiny' (shipped) or a model folder")] = "vidmem-tiny",
-    clips: Annotated[int, typer.Option(help="held-out clips (about 6 questions each)")] = 32,
+    seed: Annotated[int, typer.Option(help="held-out seed base (below 100000, never trained on)")] = (
+        AccuracyConfig.first_seed),
+    clips: Annotated[int, typer.Option(help="held-out clips (about 6 questions each)")] = AccuracyConfig.clips,
     methods: Annotated[str, typer.Option(help="comma-separated method names; empty: all registered")] = "",
+    retentions: Annotated[str, typer.Option(help="comma-separated retention ratios")] = ",".join(
+        str(r) for r in RETENTIONS),
+    quick: Annotated[bool, typer.Option(help="24 clips at 25 % and 5 % only (a smoke run, wide intervals)")] = False,
     out_dir: Annotated[str, typer.Option(help="JSON and PNG go here")] = "bench-results/accuracy",
     threads: Annotated[int, typer.Option(help="torch threads")] = 1,
 ) -> None:
-    """Accuracy of every compression method at 50/25/15/10/5% retention on held-out clips."""
+    """Honest accuracy of every compression method at 50/25/15/10/5% retention on held-out clips, with controls."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    cfg = AccuracyConfig(
-        model=model, clips=clips, methods=tuple(filter(None, methods.split(","))), out_dir=out_dir, threads=threads
-    )
+    if seed + clips > HELDOUT_SEED_LIMIT:
+        raise typer.BadParameter(f"held-out seeds must stay below {HELDOUT_SEED_LIMIT}", param_hint="--seed")
+    cfg = AccuracyConfig(model=model, first_seed=seed, clips=clips, methods=tuple(filter(None, methods.split(","))),
+                         retentions=_floats(retentions), out_dir=out_dir, threads=threads)
+    if quick:
+        cfg = dataclasses.replace(cfg, **QUICK)
     report = run(cfg)
+    print(json.dumps(final_line(report, out_dir)))
+
+
+def final_line(report: dict, out_dir: str) -> dict:
+    """The one JSON line a script reads: the controls, chance, question count and per-type accuracy."""
+    controls = {c["method"]: c for c in report["controls"]}
     ok = [r for r in report["results"] if not r["error"]]
-    print(
-        json.dumps(
-            {
-                "uncompressed_accuracy": report["uncompressed"]["accuracy"],
-                "questions": report["uncompressed"]["questions"],
-                "configs": len(ok),
-                "failed_configs": len(report["results"]) - len(ok),
-                "wall_s": round(report["wall_s"], 1),
-                "json": str(Path(out_dir) / "accuracy.json"),
-                "png": str(Path(out_dir) / "accuracy.png"),
-            }
-        )
-    )
+    return {
+        "uncompressed_accuracy": controls["uncompressed"]["accuracy"],
+        "uncompressed_interval": controls["uncompressed"]["interval"],
+        "blind_accuracy": controls["zero visual tokens"]["accuracy"],
+        "other_clip_accuracy": controls["another clip's tokens"]["accuracy"],
+        "chance": report["chance"],
+        "questions": controls["uncompressed"]["questions"],
+        "per_type": controls["uncompressed"]["per_type"],
+        "blind_per_type": controls["zero visual tokens"]["per_type"],
+        "configs": len(ok),
+        "failed_configs": len(report["results"]) - len(ok),
+        "wall_s": round(report["wall_s"], 1),
+        "json": str(Path(out_dir) / "accuracy.json"),
+        "png": str(Path(out_dir) / "accuracy.png"),
+    }
 
 
 if __name__ == "__main__":

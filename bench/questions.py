@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from bench.streamgen import COLOURS, DIRECTIONS, SHAPES, ObjectTrack, Stream
 
 LETTERS = "ABCD"
 INSTRUCTION = "Answer with the letter."
+WORDS_INSTRUCTION = "Answer with one option."
 ALL_NAMES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 COUNT_CHOICES = ("0", "1", "2", "3")
 
@@ -45,6 +47,11 @@ class Question:
     @property
     def answer_text(self) -> str:
         return self.choices[LETTERS.index(self.answer)]
+
+    @property
+    def prompt(self) -> str:
+        """The question as vidmem-tiny v2 reads it: answered with an option's words, scored by option likelihood."""
+        return f"{self.stem}\nOptions: {', '.join(self.choices)}.\n{WORDS_INSTRUCTION}"
 
 
 @dataclass
@@ -228,13 +235,26 @@ def q_direction(view: View) -> Question | None:
     return Question("direction", stem, choices, ans, view.now, evidence, {"object": target.oid})
 
 
-def q_minute(view: View) -> Question | None:
+# the first minute of a clip holds an appearance more often than later ones (nothing is in view at 0, so
+# the first objects come in without waiting for one to leave): measured 56 of 154 honest answers were
+# minute 1 before this factor, which brings it to a quarter
+MINUTE_ONE_KEEP = 0.55
+
+
+def q_minute(view: View, uniform_minute: bool = False) -> Question | None:
+    """``uniform_minute`` (honest): draw the answer minute first, so that early minutes, which hold more
+    appearances in a clip starting at 0, are not the likelier answer."""
     last_minute = int(view.now // 60) + 1
     if last_minute < 4:
         return None
     tol = max(view.step, 1.0)
     cands = view.unique(view.appeared(), lambda t: t.name)
     cands = [t for t in cands if tol <= t.t_in % 60 <= 60 - tol]
+    if uniform_minute:
+        wanted = int(view.rng.integers(1, last_minute + 1))
+        cands = [t for t in cands if int(t.t_in // 60) + 1 == wanted]
+        if wanted == 1 and view.rng.random() >= MINUTE_ONE_KEEP:
+            return None
     if not cands:
         return None
     target = view.pick(cands)
@@ -269,21 +289,109 @@ CHANCE = {
 
 
 def make_questions(
-    tracks: list[ObjectTrack], times: Sequence[float], seed: int, qtypes: Sequence[str] = QTYPES
+    tracks: list[ObjectTrack],
+    times: Sequence[float],
+    seed: int,
+    qtypes: Sequence[str] = QTYPES,
+    honest: bool = False,
 ) -> list[Question]:
-    """One question per requested type that can be asked about these frames (types that cannot are skipped)."""
+    """One question per requested type that can be asked about these frames (types that cannot are skipped).
+
+    ``honest``: the options are shuffled with the question's seeded RNG and answers are balanced per
+    template (see ``balanced``), so neither the option order nor the wording gives the answer away; the
+    default keeps the fixed option order the letter-trained vidmem-tiny v1 was trained on."""
     view = View(list(tracks), np.asarray(times, dtype=np.float64), np.random.default_rng([seed, 3]))
     out = []
     for qtype in qtypes:
         if qtype not in GENERATORS:
             raise ValueError(f"unknown question type {qtype!r}; valid: {QTYPES}")
-        question = GENERATORS[qtype](view)
+        question = (HONEST.get(qtype, GENERATORS[qtype]) if honest else GENERATORS[qtype])(view)
+        if question is not None and honest:
+            question = balanced(question, view.rng)
         if question is not None:
             out.append(question)
     return out
 
 
-def demo_questions(stream: Stream) -> list[Question]:
-    """Questions for the demo clip, asked at its last whole second (sampled at 1 fps)."""
+def shuffled(question: Question, rng: np.random.Generator) -> Question:
+    """The same question with its options in a random order (the answer letter follows its option)."""
+    order = rng.permutation(len(question.choices))
+    choices = tuple(question.choices[i] for i in order)
+    answer = LETTERS[choices.index(question.answer_text)]
+    return Question(question.qtype, question.stem, choices, answer, question.now, question.evidence_s, question.meta)
+
+
+def balanced(question: Question, rng: np.random.Generator) -> Question:
+    """Shuffle the options (every honest generator already draws its answer uniformly, see ``q_count_seen``)."""
+    return shuffled(question, rng)
+
+
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+
+
+@lru_cache(maxsize=1)
+def count_keep() -> np.ndarray:
+    """keep [M, 4]: probability of keeping a count question whose answer is c when m objects were seen.
+
+    ``q_count_seen`` draws the answer c uniformly, then an attribute value seen exactly c times; c is
+    only available when some value has that count, which depends on m (with 12 objects a colour seen 0
+    times is rare). Keeping with min_c' avail(m, c') / avail(m, c) makes every answer equally likely at
+    every m, so neither the wording nor the clip length predicts it (m where some count is impossible:
+    never asked). avail is simulated with names drawn uniformly, as ``streamgen`` draws them."""
+    rng = np.random.default_rng(0)
+    keep = np.zeros((COUNT_MAX_SEEN + 1, 4))
+    for m in range(COUNT_MAX_SEEN + 1):
+        values = rng.integers(0, len(SHAPES), size=(4000, m))  # a colour (or a shape) of each seen object
+        counts = np.stack([(values == v).sum(1) for v in range(len(SHAPES))], 1)  # [draws, 4 values]
+        avail = np.array([(counts == c).any(1).mean() for c in range(4)])
+        if avail.min() > 0.02:
+            keep[m] = avail.min() / avail
+    return keep
+
+
+COUNT_MAX_SEEN = 24
+
+
+def q_count_seen(view: View) -> Question | None:
+    """How many objects of one colour (or shape) were seen: answer drawn uniformly from 0..3 (honest count)."""
+    seen = view.seen()
+    if len(seen) > COUNT_MAX_SEEN:
+        return None
+    kind = "colour" if view.rng.random() < 0.5 else "shape"
+    values = list(COLOURS) if kind == "colour" else list(SHAPES)
+    count = int(view.rng.integers(4))
+    matching = [v for v in values if sum(getattr(t, kind) == v for t in seen) == count]
+    if not matching or view.rng.random() >= count_keep()[len(seen), count]:
+        return None
+    value = view.pick(matching)
+    counted = [t for t in seen if getattr(t, kind) == value]
+    what = f"{value} objects" if kind == "colour" else PLURALS[value]
+    first = min((float(view.seen_at(t)[0]) for t in counted), default=float(view.times[0]))
+    choices, ans = _fixed(COUNT_CHOICES, str(count))
+    meta = {"count": count, "objects": [t.oid for t in counted]}
+    return Question("count", f"How many {what} did you see?", choices, ans, view.now, view.now - first, meta)
+
+
+# honest variants: the answer is drawn uniformly before the question is built around it
+HONEST: dict[str, Callable[[View], Question | None]] = {
+    "count": lambda view: q_count_seen(view),
+    "minute": lambda view: q_minute(view, uniform_minute=True),
+}
+
+
+def demo_questions(stream: Stream, honest: bool = False) -> list[Question]:
+    """Questions for the demo clip, asked at its last whole second (sampled at 1 fps).
+
+    ``honest`` (a model answering in words): one question of every type the clip supports, options shuffled,
+    drawn with the clip's seed and the next ones until each supported type has one."""
     times = np.arange(0.0, stream.spec.seconds, 1.0)
-    return make_questions(stream.tracks, times, seed=stream.spec.seed, qtypes=("present", "direction", "order"))
+    if not honest:
+        return make_questions(stream.tracks, times, seed=stream.spec.seed, qtypes=("present", "direction", "order"))
+    found: dict[str, Question] = {}
+    for k in range(DEMO_SEED_TRIES):
+        for q in make_questions(stream.tracks, times, seed=stream.spec.seed + k, honest=True):
+            found.setdefault(q.qtype, q)
+    return [found[t] for t in QTYPES if t in found]
+
+
+DEMO_SEED_TRIES = 30

@@ -8,7 +8,12 @@ are asked; each is answered from
 - each pipeline's memory (stage-2 selection under the LLM budget),
 - full context: every token so far, only where it fits ``full_context_limit`` tokens,
 - the last N frames only and uniform sampling of N frames over the stream so far, with N frames
-  holding the LLM budget.
+  holding the LLM budget,
+- controls on the same questions: zero visual tokens, and the last N frames of another held-out
+  stream at the same moment.
+
+Questions are honest (options shuffled, answers balanced) and scored by option likelihood
+(``evalkit.score_options``).
 
 Accuracy is reported per "how far back" bucket of the question's evidence, with memory bytes per
 stream (a pipeline's serialised memory; fp16 tokens for the baselines).
@@ -30,7 +35,8 @@ import numpy as np
 import torch
 import typer
 
-from bench.evalkit import Scored, accuracy, concat_blocks, load, median, score
+from bench.evalkit import Scored, accuracy, concat_blocks, interval, load, median, question_text
+from bench.evalkit import score_options as score
 from bench.questions import Question, make_questions
 from bench.streamgen import Stream, StreamSpec
 from compression.pipeline import Pipeline, PipelineState
@@ -45,7 +51,7 @@ FP16_BYTES = 2
 @dataclass
 class StreamConfig:
     model: str = "vidmem-tiny"
-    streams: int = 2
+    streams: int = 4  # with a question moment every 30 s: over 100 questions in every how-far-back bucket
     minutes: float = 10.0
     first_seed: int = 70_000  # held-out: never used in training
     frame_size: int = 128
@@ -54,7 +60,7 @@ class StreamConfig:
     memory_budget: int = 1024
     llm_budget: int = 144
     full_context_limit: int = 2048
-    ask_every_s: float = 120.0
+    ask_every_s: float = 30.0
     question_seeds: int = 2
     threads: int = 1
     dtype: str = "auto"
@@ -83,8 +89,8 @@ def questions_at(stream: Stream, now: float, cfg: StreamConfig) -> list[Question
     times = np.arange(0.0, now + 1e-9, 1.0)
     seen: dict[str, Question] = {}
     for k in range(cfg.question_seeds):
-        for q in make_questions(stream.tracks, times, seed=stream.spec.seed * 100 + int(now) + k * 7919):
-            seen.setdefault(q.text, q)
+        for q in make_questions(stream.tracks, times, seed=stream.spec.seed * 100 + int(now) + k * 7919, honest=True):
+            seen.setdefault(q.stem, q)
     return list(seen.values())
 
 
@@ -115,13 +121,21 @@ class Tally:
     memory_bytes: dict[str, list[int]]
 
 
-def ask(model, cfg: StreamConfig, qs: list[Question], states: dict, pipes: dict, seen: TokenSet, tally: Tally) -> None:  # type: ignore[no-untyped-def]
+OTHER_SEED_OFFSET = 5_000  # the control stream of stream s is s + this (held-out, never a benchmark stream itself)
+
+
+def ask(model, cfg: StreamConfig, qs: list[Question], states: dict, pipes: dict, seen: TokenSet, tally: Tally,  # type: ignore[no-untyped-def]
+        other: TokenSet) -> None:
     per_frame = seen.grid[0] * seen.grid[1]
     n_frames = max(1, cfg.llm_budget // per_frame)
+    empty = TokenSet.empty(seen.dim, seen.grid)
     for i, q in enumerate(qs):
+        tally.scored.setdefault("zero visual tokens", []).append(score(model, q, empty))
+        tally.scored.setdefault(f"another stream, last {n_frames} frames", []).append(
+            score(model, q, last_frames(other, n_frames)))
         for name, pipe in pipes.items():
             start = time.perf_counter()
-            kept = pipe.select(states[name], q.text, model, seed=i)
+            kept = pipe.select(states[name], question_text(model, q), model, seed=i)
             tally.compress_ms.setdefault(name, []).append((time.perf_counter() - start) * 1e3)
             tally.scored.setdefault(name, []).append(score(model, q, kept))
         if len(seen) <= cfg.full_context_limit:
@@ -134,6 +148,8 @@ def ask(model, cfg: StreamConfig, qs: list[Question], states: dict, pipes: dict,
 
 def run_stream(model, seed: int, cfg: StreamConfig, tally: Tally) -> None:  # type: ignore[no-untyped-def]
     stream = Stream(stream_spec(seed, cfg))
+    control = Stream(stream_spec(seed + OTHER_SEED_OFFSET, cfg))
+    other_blocks: list[TokenBlock] = []
     pipes = build_pipelines(cfg)
     states: dict[str, PipelineState] = {name: p.init() for name, p in pipes.items()}
     blocks: list[TokenBlock] = []
@@ -143,13 +159,14 @@ def run_stream(model, seed: int, cfg: StreamConfig, tally: Tally) -> None:  # ty
         times = np.arange(t0, t0 + step, dtype=np.float64)
         block = model.encode(stream.clip(times), times.tolist(), frame_offset=t0)
         blocks.append(block)
+        other_blocks.append(model.encode(control.clip(times), times.tolist(), frame_offset=t0))
         for name, pipe in pipes.items():
             states[name] = pipe.ingest(states[name], block)
         now = float(times[-1])
         if now + 1 >= next_ask or t0 + step >= stream.spec.seconds:
             next_ask += cfg.ask_every_s
             qs = questions_at(stream, now, cfg)
-            ask(model, cfg, qs, states, pipes, concat_blocks(blocks), tally)
+            ask(model, cfg, qs, states, pipes, concat_blocks(blocks), tally, concat_blocks(other_blocks))
             log.info("stream %d at %.0f s: %d questions", seed, now, len(qs))
     for name in pipes:
         tally.memory_bytes.setdefault(name, []).append(states[name].memory.nbytes)
@@ -170,6 +187,7 @@ def summarise(tally: Tally) -> list[dict]:
             {
                 "approach": name,
                 "accuracy": accuracy(scored),
+                "interval": interval([s.correct for s in scored]),
                 "questions": len(scored),
                 "by_bucket": {b: accuracy([s for s in scored if bucket(s.evidence_s) == b]) for _, _, b in BUCKETS},
                 "bucket_questions": {b: sum(bucket(s.evidence_s) == b for s in scored) for _, _, b in BUCKETS},
@@ -247,7 +265,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def cli(
     model: Annotated[str, typer.Option(help="'vidmem-tiny' (shipped) or a model folder")] = "vidmem-tiny",
-    streams: Annotated[int, typer.Option(help="held-out streams")] = 2,
+    streams: Annotated[int, typer.Option(help="held-out streams")] = StreamConfig.streams,
+    seed: Annotated[int, typer.Option(help="first held-out stream seed (below 100000)")] = StreamConfig.first_seed,
     minutes: Annotated[float, typer.Option(help="length of each stream")] = 10.0,
     pipelines: Annotated[str, typer.Option(help="comma-separated 'stage1|stage2' specs")] = ",".join(
         StreamConfig.pipelines
@@ -262,6 +281,7 @@ def cli(
     cfg = StreamConfig(
         model=model,
         streams=streams,
+        first_seed=seed,
         minutes=minutes,
         pipelines=tuple(pipelines.split(",")),
         memory_budget=memory_budget,
@@ -274,6 +294,7 @@ def cli(
         json.dumps(
             {
                 "approaches": {r["approach"]: round(r["accuracy"], 4) for r in report["results"]},
+                "bucket_questions": report["results"][0]["bucket_questions"] if report["results"] else {},
                 "memory_bytes": {r["approach"]: r["memory_bytes"] for r in report["results"]},
                 "wall_s": round(report["wall_s"], 1),
                 "json": str(Path(out_dir) / "stream.json"),

@@ -286,8 +286,11 @@ def track_from_dict(d: dict) -> ObjectTrack:
     return ObjectTrack(**d)
 
 
-def demo_clip(folder: str | Path, *, seconds: float = 16.0, seed: int = 7) -> tuple[Path, list[tuple[str, str]]]:
-    """An H.264 demo clip (224 px, 8 fps) with its event log, and questions with their answer letters."""
+def demo_clip(
+    folder: str | Path, *, seconds: float = 16.0, seed: int = 7, words: bool = False
+) -> tuple[Path, list[tuple[str, str]]]:
+    """An H.264 demo clip (224 px, 8 fps) with its event log, and questions with their answer letters
+    (``words``: one honest question per type the clip supports, as prompts answered in words)."""
     from bench.questions import demo_questions
 
     folder = Path(folder)
@@ -295,4 +298,6 @@ def demo_clip(folder: str | Path, *, seconds: float = 16.0, seed: int = 7) -> tu
     stream = Stream(StreamSpec(seed=seed, seconds=seconds, fps=8.0, width=224, height=224))
     path = stream.write_h264(folder / f"synthetic-{seed}.mp4")
     stream.write_event_log(folder / f"synthetic-{seed}.json")
+    if words:
+        return path, [(q.prompt, q.answer_text) for q in demo_questions(stream, honest=True)]
     return path, [(q.text, q.answer) for q in demo_questions(stream)]

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.questions import ALL_NAMES, Question, make_questions
-from bench.streamgen import COLOURS, DIRECTIONS, SHAPES, ObjectTrack, Stream, StreamSpec
+from bench.questions import Question, make_questions
+from bench.streamgen import COLOURS, SHAPES, ObjectTrack, Stream, StreamSpec
 
 TRAIN_SEED_BASE = 1_000_000
 VISION_SEED_BASE = 500_000_000  # streams for the vision pretraining (above every question-training seed)
 HELDOUT_SEED_LIMIT = 100_000
 LONG_STEP_S = 15.0
 LONG_FRAMES = 16
+MEMORY_FRAMES = 24  # a memory: this many frames picked from a stream of up to MEMORY_MAX_S, in time order
+MEMORY_MAX_S = 600.0
+MEMORY_DROPOUT = (0.0, 0.6)  # per memory clip, this range of its visual tokens is dropped at random (training)
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Clip:
     questions: list[Question]
     captions: list[tuple[str, str]]  # (request, answer text): dense auxiliary targets for training
     tracks: tuple[ObjectTrack, ...] = ()  # the stream's objects (ground truth for the per-cell targets)
+    dropout: float = 0.0  # share of the clip's visual tokens dropped at random in training (memories only)
 
 
 def _names(tracks: list[ObjectTrack]) -> str:
@@ -91,47 +95,6 @@ def cell_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[i
     return out
 
 
-@dataclass(frozen=True)
-class TrackTargets:
-    """Causal per-token and per-frame history labels for the LLM-side read-outs (training only).
-
-    cells int64 [F, N, 2]: for the cell holding an object's centre, (direction index in DIRECTIONS
-    if the object was already in view at an earlier shown frame, 1 if this is its first shown frame
-    else 0); IGNORE (-100) elsewhere and at frame 0, where neither is defined. history float32
-    [F, 2 * len(ALL_NAMES)]: names in view at any earlier shown frame, then names seen earlier but
-    out of view now; history_mask bool [F] (False at frame 0)."""
-
-    cells: np.ndarray
-    history: np.ndarray
-    history_mask: np.ndarray
-
-
-IGNORE = -100
-
-
-def track_targets(tracks: Sequence[ObjectTrack], times: np.ndarray, grid: tuple[int, int]) -> TrackTargets:
-    """Labels only what the frames up to and including each one show (no look-ahead), so that a causal
-    LLM can compute every one of them at the frame's own tokens; see ``TrackTargets``."""
-    rows, cols = grid
-    frames = len(times)
-    cells = np.full((frames, rows * cols, 2), IGNORE, dtype=np.int64)
-    history = np.zeros((frames, 2 * len(ALL_NAMES)), dtype=np.float32)
-    seen: set[str] = set()
-    for f, t in enumerate(times):
-        here = [trk for trk in tracks if trk.visible(float(t))]
-        for name in seen:
-            history[f, ALL_NAMES.index(name)] = 1.0
-            if name not in {trk.name for trk in here}:
-                history[f, len(ALL_NAMES) + ALL_NAMES.index(name)] = 1.0
-        if f > 0:
-            for trk in here:
-                cell = _cell_of(*trk.position(float(t)), grid)
-                earlier = any(trk.visible(float(u)) for u in times[:f])
-                cells[f, cell] = (list(DIRECTIONS).index(trk.direction) if earlier else IGNORE, int(not earlier))
-        seen |= {trk.name for trk in here}
-    return TrackTargets(cells, history, np.arange(frames) > 0)
-
-
 def short_spec(seed: int, seconds: float, size: int, rng: np.random.Generator) -> StreamSpec:
     return StreamSpec(
         seed=seed,
@@ -158,17 +121,17 @@ def long_spec(seed: int, size: int) -> StreamSpec:
     )
 
 
-def make_clip(spec: StreamSpec, times: np.ndarray) -> Clip:
+def make_clip(spec: StreamSpec, times: np.ndarray, honest: bool = False, dropout: float = 0.0) -> Clip:
     stream = Stream(spec)
-    questions = make_questions(stream.tracks, times, seed=spec.seed)
+    questions = make_questions(stream.tracks, times, seed=spec.seed, honest=honest)
     tracks = tuple(stream.tracks)
-    return Clip(spec.seed, stream.clip(times), times, questions, captions(stream.tracks, times), tracks)
+    return Clip(spec.seed, stream.clip(times), times, questions, captions(stream.tracks, times), tracks, dropout)
 
 
-def short_clip(seed: int, frames: int, t0: float, size: int) -> Clip:
+def short_clip(seed: int, frames: int, t0: float, size: int, honest: bool = False) -> Clip:
     rng = np.random.default_rng([seed, 9])
     times = t0 + np.arange(frames, dtype=np.float64)
-    return make_clip(short_spec(seed, t0 + frames, size, rng), times)
+    return make_clip(short_spec(seed, t0 + frames, size, rng), times, honest)
 
 
 def vision_batch(first_seed: int, count: int, size: int, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -185,8 +148,38 @@ def vision_batch(first_seed: int, count: int, size: int, grid: tuple[int, int]) 
     return np.stack(frames), np.stack(targets)
 
 
-def long_clip(seed: int, size: int) -> Clip:
-    return make_clip(long_spec(seed, size), np.arange(LONG_FRAMES, dtype=np.float64) * LONG_STEP_S)
+def long_clip(seed: int, size: int, honest: bool = False) -> Clip:
+    return make_clip(long_spec(seed, size), np.arange(LONG_FRAMES, dtype=np.float64) * LONG_STEP_S, honest)
+
+
+def memory_times(seed: int) -> tuple[np.ndarray, float]:
+    """A memory's frame times (``MEMORY_FRAMES`` of the 15 s grid over 4 to 10 minutes, the last one
+    always kept) and its token dropout rate: what the service feeds the model, minus any compression."""
+    rng = np.random.default_rng([seed, 13])
+    span = float(rng.integers(240, int(MEMORY_MAX_S) + 1, endpoint=False) // LONG_STEP_S * LONG_STEP_S)
+    grid = np.arange(0.0, span, LONG_STEP_S)
+    picked = np.sort(rng.choice(len(grid) - 1, size=min(MEMORY_FRAMES, len(grid)) - 1, replace=False))
+    return np.append(grid[picked], grid[-1]), float(rng.uniform(*MEMORY_DROPOUT))
+
+
+def memory_spec(seed: int, seconds: float, size: int) -> StreamSpec:
+    return StreamSpec(
+        seed=seed,
+        seconds=seconds,
+        fps=1.0 / LONG_STEP_S,
+        width=size,
+        height=size,
+        gap_s=(15.0, 40.0),
+        life_s=(20.0, 60.0),
+        event_grid_s=LONG_STEP_S,
+        distractors=1,
+    )
+
+
+def memory_clip(seed: int, size: int) -> Clip:
+    """A memory spanning minutes (honest questions; ``dropout`` for the trainer)."""
+    times, dropout = memory_times(seed)
+    return make_clip(memory_spec(seed, float(times[-1]) + LONG_STEP_S, size), times, True, dropout)
 
 
 @dataclass(frozen=True)
@@ -194,15 +187,18 @@ class BatchPlan:
     """What one training batch holds; rendering it is deterministic."""
 
     seeds: tuple[int, ...]
-    regime: str  # "short" | "long"
+    regime: str  # "short" | "long" | "memory"
     frames: int
     t0: float
     size: int  # rendered size in pixels (the adapter resizes to the model's input size)
+    honest: bool = False  # shuffled, balanced options (vidmem-tiny v2)
 
     def render(self) -> list[Clip]:
+        if self.regime == "memory":
+            return [memory_clip(s, self.size) for s in self.seeds]
         if self.regime == "long":
-            return [long_clip(s, self.size) for s in self.seeds]
-        return [short_clip(s, self.frames, self.t0, self.size) for s in self.seeds]
+            return [long_clip(s, self.size, self.honest) for s in self.seeds]
+        return [short_clip(s, self.frames, self.t0, self.size, self.honest) for s in self.seeds]
 
 
 def batch_plans(
@@ -212,12 +208,14 @@ def batch_plans(
     seed: int = 0,
     max_frames: int = 16,
     curriculum_steps: int = 0,
+    memory_share: float = 0.0,
+    honest: bool = False,
 ) -> Iterator[BatchPlan]:
     """Endless training plans; within a batch all clips share frame count and times (same prompt prefix).
 
     Curriculum: during the first ``curriculum_steps`` plans the clips have 1 to 4 frames and no
-    long-span clips are drawn (cheap steps that teach single-frame grounding first); over the next
-    ``curriculum_steps`` plans the frame limit ramps linearly up to ``max_frames``."""
+    long-span clips or memories are drawn (cheap steps that teach single-frame grounding first); over
+    the next ``curriculum_steps`` plans the frame limit ramps linearly up to ``max_frames``."""
     rng = np.random.default_rng([seed, 5])
     next_seed = TRAIN_SEED_BASE + seed * 10_000_000
     for index in itertools.count():
@@ -227,12 +225,16 @@ def batch_plans(
         seeds = tuple(range(next_seed, next_seed + clips_per_batch))
         next_seed += clips_per_batch
         size = int(rng.choice(sizes))
-        if rng.random() < long_share and not warm:
-            yield BatchPlan(seeds, "long", LONG_FRAMES, 0.0, size)
+        draw = rng.random()
+        if draw < long_share and not warm:
+            yield BatchPlan(seeds, "long", LONG_FRAMES, 0.0, size, honest)
+            continue
+        if draw < long_share + memory_share and not warm and ramp >= 1.0:
+            yield BatchPlan(seeds, "memory", MEMORY_FRAMES, 0.0, size, honest)
             continue
         frames = int(rng.integers(1 if warm else min(4, top), top + 1))
         t0 = float(rng.integers(0, 900)) if rng.random() < 0.5 else 0.0
-        yield BatchPlan(seeds, "short", frames, t0, size)
+        yield BatchPlan(seeds, "short", frames, t0, size, honest)
 
 
 def rendered(plans: Iterator[BatchPlan], ahead: int = 2) -> Iterator[list[Clip]]:
@@ -252,15 +254,32 @@ def rendered(plans: Iterator[BatchPlan], ahead: int = 2) -> Iterator[list[Clip]]
             yield clips
 
 
-def heldout_clips(count: int, size: int, first_seed: int = 0) -> list[Clip]:
-    """A fixed held-out set: mostly 16-frame 1 fps clips, some shorter ones and some long-span ones."""
+def heldout_clips(count: int, size: int, first_seed: int = 0, honest: bool = False) -> list[Clip]:
+    """A fixed held-out set: mostly 16-frame 1 fps clips, some shorter ones and some long-span ones
+    (``honest``: shuffled, balanced options, see ``bench.questions.make_questions``)."""
     if first_seed + count > HELDOUT_SEED_LIMIT:
         raise ValueError(f"held-out seeds must stay below {HELDOUT_SEED_LIMIT}")
     clips = []
     for i, seed in enumerate(range(first_seed, first_seed + count)):
         if i % 8 == 7:
-            clips.append(long_clip(seed, size))
+            clips.append(long_clip(seed, size, honest))
         else:
             frames = 16 if i % 4 else 8 + seed % 8
-            clips.append(short_clip(seed, frames, float(seed % 5) * 37.0, size))
+            clips.append(short_clip(seed, frames, float(seed % 5) * 37.0, size, honest))
     return clips
+
+
+def clip_questions(seed: int, regime: str, frames: int = 16, t0: float = 0.0, honest: bool = True) -> list[Question]:
+    """The questions ``short_clip`` / ``long_clip`` / ``memory_clip`` would ask, from the schedule alone
+    (no rendering: thousands per second, for answer-balance checks)."""
+    from bench.streamgen import build_schedule
+
+    if regime == "memory":
+        times, _ = memory_times(seed)
+        spec = memory_spec(seed, float(times[-1]) + LONG_STEP_S, 32)
+    elif regime == "long":
+        times, spec = np.arange(LONG_FRAMES, dtype=np.float64) * LONG_STEP_S, long_spec(seed, 32)
+    else:
+        times = t0 + np.arange(frames, dtype=np.float64)
+        spec = short_spec(seed, t0 + frames, 32, np.random.default_rng([seed, 9]))
+    return make_questions(build_schedule(spec), times, seed=spec.seed, honest=honest)

@@ -19,9 +19,10 @@ import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast
 
 from bench.questions import ALL_NAMES, LETTERS, Question, make_questions
-from bench.streamgen import StreamSpec, build_schedule
+from bench.streamgen import COLOURS, DIRECTIONS, SHAPES, StreamSpec, build_schedule
 from compression.tokens import TokenSet
 
+ATTN = "sdpa"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 
@@ -42,11 +43,28 @@ class Arch:
     # "name the object in view" caption stays near its prior with gain 1, reaches 85% first-token accuracy
     # in 300 steps with gain 10)
     projector_gain: float = 10.0
+    words: bool = False  # v2: answers in words, one token per answer (see ``build_tokenizer``)
 
 
-def _corpus() -> list[str]:
+# vidmem-tiny v2: 12x12 patches of 8 px pooled to 6x6 = 36 tokens per frame, a deeper and wider LLM
+V2 = Arch(patch_size=8, vision_layers=2, text_hidden=160, text_layers=6, words=True)
+
+
+def answer_words() -> list[str]:
+    """Every answer that is not an object name, each to be one token: colours, shapes, directions, minutes."""
+    return [*COLOURS, *SHAPES, *DIRECTIONS, *(f"minute {m}" for m in range(1, MAX_MINUTE + 1))]
+
+
+MAX_MINUTE = 30
+
+
+def _corpus(words: bool = False) -> list[str]:
     """Question texts of many schedules (no rendering), prompt pieces and frame timestamps."""
     texts = ["<|im_start|>user ", "<|im_end|><|im_start|>assistant\n", *LETTERS]
+    if words:
+        from bench.tiny_data import clip_questions
+
+        texts += [q.prompt for seed in range(300) for q in clip_questions(seed, ("short", "long", "memory")[seed % 3])]
     for seed in range(400):
         long = seed % 4 == 0
         spec = StreamSpec(
@@ -62,9 +80,12 @@ def _corpus() -> list[str]:
     return texts
 
 
-@lru_cache(maxsize=2)
-def build_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
-    """Deterministic byte-level BPE with LLaVA-OneVision's special tokens; eos '<|im_end|>'."""
+@lru_cache(maxsize=4)
+def build_tokenizer(vocab_size: int = 384, words: bool = False) -> PreTrainedTokenizerFast:
+    """Deterministic byte-level BPE with LLaVA-OneVision's special tokens; eos '<|im_end|>'.
+
+    ``words`` (v2): trained on the honest word prompts too, and every answer word (``answer_words``)
+    is one token, so an option's likelihood is one softmax entry at the answer position."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -76,11 +97,14 @@ def build_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(_corpus(words), trainer)
     # every object name ("red circle", with and without a leading space) is one token: an option then
     # matches what the model saw or was asked about token for token, the lookup a small transformer
     # learns fastest (with two-word names it must also bind colour to shape inside every option)
     tok.add_tokens([AddedToken(text, normalized=False) for name in ALL_NAMES for text in (f" {name}", name)])
+    if words:
+        tok.add_tokens([AddedToken(text, normalized=False, single_word=True) for word in answer_words()
+                        for text in (f" {word}", word)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIALS[3:]
     )
@@ -124,7 +148,7 @@ def build_model(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = ATTN
     model = LlavaOnevisionForConditionalGeneration(config)
     with torch.no_grad():
         model.model.multi_modal_projector.linear_2.weight.mul_(arch.projector_gain)

@@ -1,17 +1,21 @@
-"""Train vidmem-tiny from scratch on generated clips and questions (``vidmem train tiny``).
+"""Train vidmem-tiny v2 from scratch on generated clips and honest questions (``vidmem train tiny``).
 
 Each step renders a batch of clips, encodes them through the model's own vision tower (with
 gradients) via the vlm adapter (``video_features`` -> TokenBlock -> TokenSet), builds every
-question's prompt with ``build_prompt`` -- the exact prompt ``answer``/``choice_logprobs`` use --
-and teacher-forces the answer letter (plus the end-of-turn token). The prompt prefix up to the
-question (text + timestamps + visual tokens) is identical for all questions of a clip, so it is
-run once per clip and its KV cache is shared by the questions: exact, only cheaper.
+question's prompt with ``build_prompt`` -- the exact prompt ``answer``/``option_loglikelihoods``
+use -- and teacher-forces the answer in words (plus the end-of-turn token). Beside that
+full-vocabulary loss, a cross-entropy over the question's options (a softmax over their
+log-likelihoods, one token each) teaches what the benchmark scores. Per clip the prompt prefix up
+to the question (text + timestamps + visual tokens) is identical for all its prompts, so it runs
+once and its KV cache is shared: exact, only cheaper.
 
-The learning rate follows a cosine over ``progress = max(step / steps, elapsed / budget)`` so
-that a run always anneals and ends within ``max_minutes``. Checkpoints (model, optimiser, step,
-elapsed) are written every ``checkpoint_every`` steps and picked up again on restart.
+Recipe: (1) vision pretraining: tower + projector learn per-token colour, shape and grid-cell
+read-outs on single frames; (2) questions and captions on short clips (curriculum 1-4 frames first),
+long-span clips and memories spanning minutes (time-ordered frames with random token dropout).
+The learning rate follows the step count only (warmup, cosine over ``steps``); a run stops after
+``max_minutes`` and the next one resumes from the small checkpoint in ``work_dir``.
 
-    python -m bench.train_tiny --out models/vidmem-tiny
+    nohup nice -n 19 python -m bench.train_tiny > train-v2.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -31,23 +35,17 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from bench.questions import ALL_NAMES
-from bench.streamgen import DIRECTIONS
 from bench.tiny_data import (
-    IGNORE,
-    POSITION_SCALE,
     VISION_SEED_BASE,
     Clip,
-    TrackTargets,
     batch_plans,
     cell_targets,
     heldout_clips,
     rendered,
-    track_targets,
     vision_batch,
 )
-from bench.tiny_model import Arch, build_model, build_tokenizer, letter_ids, save_preprocessor
-from compression.tokens import TokenBlock
+from bench.tiny_model import V2, Arch, build_model, build_tokenizer, save_preprocessor
+from compression.tokens import TokenBlock, TokenSet
 from vlm.base import IGNORE_INDEX
 from vlm.llava_onevision import LlavaOneVision
 from vlm.loader import resolve_device
@@ -55,43 +53,42 @@ from vlm.loader import resolve_device
 log = logging.getLogger(__name__)
 
 VISION_LR = 3e-3  # peak learning rate of the vision pretraining (cosine to 0 over its steps)
-POSITION_UNITS = 6  # the centre read-out counts in 1/6 of the frame (one 16 px patch at 96 px)
-# beside the question loss the centre read-out keeps what the vision pretraining taught at a tenth of
-# its weight (at full weight the answer accuracy stalled; at a tenth it still did, see TrackHeads)
-GROUNDING_POSITION_WEIGHT = 0.1
+# mean visual-token norm / mean text-embedding norm after the vision pretraining: about the scale a fresh
+# projector with v1's init gain gives (~9 against ~0.3); the LLM learned to read from there
+VISUAL_TO_TEXT_NORM = 30.0
+PROBE_SEED = 60_000  # held-out frames for the cell probe (below HELDOUT_SEED_LIMIT, apart from the QA sets)
 
 
 @dataclass
 class TinyConfig:
-    out: str = "models/vidmem-tiny"
-    work_dir: str = "vidmem-data/train-tiny"
-    steps: int = 4000
-    max_minutes: float = 55.0  # vision pretraining included; the cosine anneals within it
-    clips_per_batch: int = 8
+    out: str = "models/vidmem-tiny-v2"
+    work_dir: str = "models/vidmem-tiny-v2.ckpt"  # the resumable checkpoint (small enough to commit)
+    steps: int = 4000  # the schedule's length: warmup, then cosine to 5 % at this step
+    max_minutes: float = 140.0  # this run stops (and checkpoints) after so much training time; the next resumes
+    clips_per_batch: int = 6
     sizes: tuple[int, ...] = (96, 112, 128)
-    long_share: float = 0.15
+    long_share: float = 0.1
+    memory_share: float = 0.15  # memories spanning minutes (``tiny_data.memory_clip``, random token dropout)
     max_frames: int = 16  # short clips have 4..max_frames frames
     captions: bool = True  # also teacher-force free-text clip descriptions (dense grounding signal)
-    caption_weight: float = 1.0  # caption token loss relative to the answer-letter loss
-    grounding: bool = True  # per-cell colour/shape read-outs on the visual tokens (training only)
-    # experimental, off in the shipped recipe (see TrackHeads): the object-centre read-out of the grounding
-    # (x GROUNDING_POSITION_WEIGHT beside the questions) and the LLM-side track read-outs
-    centre_weight: float = 0.0
-    track_layer: int = 0  # LLM layer whose visual-token states feed the track read-outs (0: none; capped at depth)
-    track_weight: float = 0.25  # weight of those read-outs' loss against the answer-letter loss
-    vision_steps: int = 900  # pretraining of vision tower + projector on the read-outs alone (needs grounding)
-    vision_batch: int = 64  # frames per vision pretraining step
-    lr: float = 2e-3
-    warmup: int = 60
+    caption_weight: float = 0.5  # caption token loss relative to the answer loss
+    option_weight: float = 1.0  # cross-entropy over the options' log-likelihoods, beside the full-vocabulary one
+    # the per-token read-outs during question training: 0, because at 0.5 the LLM stayed at chance on 1-frame
+    # "what is in view" for 400 steps, while without them it reached 36-47 % by step 200 (same start, 2026-12-03)
+    grounding_weight: float = 0.0
+    vision_steps: int = 500  # pretraining of vision tower + projector on the read-outs alone
+    vision_batch: int = 48  # frames per vision pretraining step
+    lr: float = 1.5e-3
+    warmup: int = 100
     weight_decay: float = 0.01
-    curriculum_steps: int = 300  # the first steps use short clips (1 to 4 frames, no long-span ones), then ramp up
+    curriculum_steps: int = 300  # the first steps use short clips (1 to 4 frames, no long ones), then ramp up
     heldout_clips: int = 48
-    eval_every: int = 200  # held-out accuracy on 16 clips every so many steps (0: only at the end)
-    checkpoint_every: int = 50
+    eval_every: int = 250  # honest held-out accuracy (and the blind floor) on 16 clips every so many steps
+    checkpoint_every: int = 25
     threads: int = 1
-    device: str = "auto"  # auto | cpu | cuda (the shipped model was trained on the CPU)
+    device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
-    arch: Arch = field(default_factory=Arch)
+    arch: Arch = field(default_factory=lambda: V2)
 
 
 def adapter_for(model, tokenizer) -> LlavaOneVision:  # type: ignore[no-untyped-def]
@@ -101,84 +98,50 @@ def adapter_for(model, tokenizer) -> LlavaOneVision:  # type: ignore[no-untyped-
 
 
 class GroundingHeads(torch.nn.Module):
-    """Training-only linear read-outs of colour and shape from every visual token (not shipped).
+    """Training-only linear read-outs from every visual token (not shipped): the colour and shape of the
+    object whose centre lies in the token's cell (or none), and the token's own grid cell.
 
-    The answer letter is one token per question, too sparse a signal to teach a vision tower from
-    scratch what an object looks like; these heads give every visual token of every frame a target
-    (which object, if any, has its centre in the token's cell), so the visual tokens become linearly
-    readable object descriptions early and the LLM only has to learn to use them."""
+    The answers are too sparse a signal to teach a vision tower from scratch what an object looks like;
+    these heads give every visual token a target. The cell target makes each token carry where it sits:
+    compression drops tokens and closes the position gaps, so a token must say its cell itself (the v1
+    tokens did not: a cell-index probe scored 18 %, chance 11 %)."""
 
-    def __init__(self, dim: int, classes: int = 5) -> None:
+    def __init__(self, dim: int, cells: int, classes: int = 5) -> None:
         super().__init__()
         self.colour = torch.nn.Linear(dim, classes)
         self.shape = torch.nn.Linear(dim, classes)
-        self.position = torch.nn.Linear(dim, 2)
+        self.cell = torch.nn.Linear(dim, cells)
 
-    def loss(self, feats: torch.Tensor, targets: torch.Tensor, position_weight: float = 1.0) -> torch.Tensor:
-        """feats [F, N, D], targets int64 [F, N, 4] (``cell_targets``) -> colour and shape cross-entropy
-        plus ``position_weight`` x a smooth-L1 on the object centre, in units of 1/``POSITION_UNITS`` of
-        the frame."""
-        flat, tgt = feats.reshape(-1, feats.shape[-1]).float(), targets.reshape(-1, 4).to(feats.device)
-        loss = F.cross_entropy(self.colour(flat), tgt[:, 0]) + F.cross_entropy(self.shape(flat), tgt[:, 1])
-        held = tgt[:, 0] > 0
-        if held.any():
-            centre = tgt[held, 2:].float() * (POSITION_UNITS / POSITION_SCALE)
-            loss = loss + position_weight * F.smooth_l1_loss(self.position(flat[held]), centre)
-        return loss
+    def loss(self, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """feats [F, N, D], targets int64 [F, N, 4] (``cell_targets``) -> summed cross-entropies."""
+        frames, cells = feats.shape[:2]
+        flat, tgt = unit_rms(feats.reshape(-1, feats.shape[-1]).float()), targets.reshape(-1, 4).to(feats.device)
+        cell = torch.arange(cells, device=feats.device).repeat(frames)
+        return (F.cross_entropy(self.colour(flat), tgt[:, 0]) + F.cross_entropy(self.shape(flat), tgt[:, 1])
+                + F.cross_entropy(self.cell(flat), cell))
 
 
-class TrackHeads(torch.nn.Module):
-    """Training-only linear read-outs of the clip's history from the LLM's visual-token states at one
-    layer (not shipped): per token, the direction its object moves and whether the object is new
-    in this frame; per frame, which objects were seen before and which of those are gone.
-
-    The cross-frame question types (direction, order, which left last) measured at chance with the
-    answer letter as the only signal: one token per question does not show a 4-layer LLM that it
-    should compare a token with the same object in earlier frames. These targets ask for exactly
-    that comparison at every visual token, causally (see ``tiny_data.track_targets``), so the
-    question-answering layers above would find it precomputed.
-
-    Measured on the default 128-wide, 4-layer vidmem-tiny (hence off by default): without the centre
-    read-out the direction read-out stays at chance (0.27 at step 525; a 32 px cell hides 2-12 px
-    moves), onset reaches 0.95. With it (``centre_weight`` 1, layer 2) direction reaches 0.93 and
-    onset 0.98 by step 1000, but the answer accuracy stalls at 0.37 from step 400 on (shipped
-    recipe: 0.55 at step 1000) and held-out "present" falls to chance as the direction read-out
-    rises -- four runs (centre in 1/24 or 1/6 frame units, track weight 0.5 or 0.25, LLM 128 or
-    192 wide) alike: at this size the read-outs compete with the answer path instead of feeding it."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.direction = torch.nn.Linear(dim, len(DIRECTIONS))
-        self.onset = torch.nn.Linear(dim, 2)
-        self.history = torch.nn.Linear(dim, 2 * len(ALL_NAMES))
-
-    def loss(self, states: torch.Tensor, targets: list[TrackTargets]) -> tuple[torch.Tensor, dict[str, float]]:
-        """states [C, F, N, D] (clip, frame, cell), one TrackTargets per clip -> (loss, accuracies)."""
-        flat = states.float()
-        cells = torch.from_numpy(np.stack([t.cells for t in targets])).to(flat.device)  # [C, F, N, 2]
-        history = torch.from_numpy(np.stack([t.history for t in targets])).to(flat.device)  # [C, F, 2 * names]
-        mask = torch.from_numpy(np.stack([t.history_mask for t in targets])).to(flat.device)  # [C, F]
-        total = flat.new_zeros(())
-        stats: dict[str, float] = {}
-        for name, head, tgt in (("direction", self.direction, cells[..., 0]), ("onset", self.onset, cells[..., 1])):
-            sel = tgt != IGNORE
-            if sel.any():
-                logits = head(flat[sel])
-                total = total + F.cross_entropy(logits, tgt[sel])
-                stats[name] = float((logits.argmax(-1) == tgt[sel]).float().mean())
-        if mask.any():
-            logits = self.history(flat.mean(2)[mask])  # [M, 2 * names]: the frame's tokens pooled
-            total = total + F.binary_cross_entropy_with_logits(logits, history[mask])
-            stats["history"] = float(((logits > 0).float() == history[mask]).all(-1).float().mean())
-        return total, stats
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """x scaled to unit root-mean-square per row: the read-outs see directions only, so they put no pressure on
+    the scale of the visual tokens (unnormalised, the vision pretraining grew them to norm ~90 against ~0.3 for
+    text embeddings; ``calibrate_projector`` sets it once after the pretraining)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
 
 
-def encode_batch(adapter: LlavaOneVision, clips: list[Clip]) -> list:  # type: ignore[type-arg]
-    """Differentiable TokenSets, one per clip (one vision-tower call for all frames of the batch)."""
-    return _encode(adapter, clips)[1]
+@torch.no_grad()
+def calibrate_projector(adapter: LlavaOneVision, frames: np.ndarray, ratio: float = VISUAL_TO_TEXT_NORM) -> float:
+    """Scale the projector's output layer so the visual tokens' mean norm is ``ratio`` x the text embeddings'
+    (the scale v1's init gain gave: the LLM reads tokens of about its own scale); returns the factor."""
+    feats = adapter.video_features(adapter.pixel_values(frames))
+    text = adapter.model.get_input_embeddings().weight.norm(dim=-1).mean()
+    factor = float(ratio * text / feats.norm(dim=-1).mean())
+    layer = adapter.model.model.multi_modal_projector.linear_2
+    layer.weight.mul_(factor)
+    layer.bias.mul_(factor)
+    return factor
 
 
-def _encode(adapter: LlavaOneVision, clips: list[Clip]) -> tuple[torch.Tensor, list]:  # type: ignore[type-arg]
+def _encode(adapter: LlavaOneVision, clips: list[Clip]) -> tuple[torch.Tensor, list[TokenSet]]:
     pixels = torch.cat([adapter.pixel_values(c.frames) for c in clips])  # [sum F, 3, S, S]
     feats = adapter.video_features(pixels)  # [sum F, N, D]
     out, start = [], 0
@@ -190,6 +153,21 @@ def _encode(adapter: LlavaOneVision, clips: list[Clip]) -> tuple[torch.Tensor, l
     return feats, out
 
 
+def encode_batch(adapter: LlavaOneVision, clips: list[Clip]) -> list[TokenSet]:
+    """Differentiable TokenSets, one per clip (one vision-tower call for all frames of the batch)."""
+    return _encode(adapter, clips)[1]
+
+
+def drop_tokens(tokens: TokenSet, rate: float, seed: int) -> TokenSet:
+    """A random ``1 - rate`` share of the tokens (at least one), in their order: memory training only."""
+    if rate <= 0 or len(tokens) < 2:
+        return tokens
+    gen = torch.Generator().manual_seed(seed)
+    keep = max(1, round(len(tokens) * (1 - rate)))
+    idx = torch.sort(torch.randperm(len(tokens), generator=gen)[:keep]).values
+    return tokens.gather(idx.to(tokens.features.device))
+
+
 def _common_prefix(rows: list[torch.Tensor]) -> int:
     n = min(len(r) for r in rows) - 1
     for r in rows[1:]:
@@ -198,130 +176,135 @@ def _common_prefix(rows: list[torch.Tensor]) -> int:
     return n
 
 
-def clip_prompts(adapter: LlavaOneVision, clip: Clip, tokens, with_captions: bool) -> list:  # type: ignore[no-untyped-def]
-    """Every question of the clip (answer letter), then optionally its captions (free-text answers)."""
-    out = [adapter.build_prompt(q.text, tokens, True, answer_text=q.answer) for q in clip.questions]
-    if with_captions:
-        out += [adapter.build_prompt(text, tokens, True, answer_text=ans) for text, ans in clip.captions]
-    return out
+def option_ids(adapter: LlavaOneVision, options: tuple[str, ...]) -> list[int]:
+    """The one token of each option (v2's tokenizer makes every answer one token)."""
+    ids = [adapter.text_ids(o, specials=False) for o in options]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(f"options {options} are not one token each: {ids}")
+    return [i[0] for i in ids]
 
 
-def forward_batch(
-    adapter: LlavaOneVision,
-    clips: list[Clip],
-    with_captions: bool = False,
-    heads: GroundingHeads | None = None,
-    caption_weight: float = 1.0,
-    tracks: TrackHeads | None = None,
-    track_layer: int = 2,
-    track_weight: float = TinyConfig.track_weight,
-    centre_weight: float = TinyConfig.centre_weight,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Teacher-forced loss over every prompt of the batch; returns (loss, logits [B, V] and targets [B] at
-    each prompt's first answer token; the multiple-choice questions come first within each clip; the
-    track read-outs' accuracies).
+@dataclass
+class ClipLoss:
+    answer: torch.Tensor  # summed full-vocabulary CE of the answers' tokens
+    answer_tokens: int
+    option: torch.Tensor  # summed CE over the option sets
+    caption: torch.Tensor
+    caption_tokens: int
+    correct: int  # questions whose right option has the highest likelihood
+    questions: int
 
-    loss = mean letter loss of the questions + ``caption_weight`` x mean token loss of the captions
-    (+ the grounding heads' loss when ``heads`` is given, + ``track_weight`` x the track read-outs' loss
-    on layer ``track_layer`` when ``tracks`` is given): weighted per kind so that the many caption
-    tokens do not drown the one-token answers."""
+
+def clip_loss(adapter: LlavaOneVision, clip: Clip, tokens: TokenSet, with_captions: bool) -> ClipLoss:
+    """Teacher-forced losses of one clip's questions (answers in words) and captions, prefix run once."""
     device = adapter.device
-    feats, token_sets = _encode(adapter, clips)
-    prompts = [clip_prompts(adapter, clip, ts, with_captions) for clip, ts in zip(clips, token_sets, strict=True)]
-    flat = [p for ps in prompts for p in ps]
-    plen = _common_prefix([p.input_ids for p in flat])
+    prompts = [adapter.build_prompt(q.prompt, tokens, True, answer_text=q.answer_text) for q in clip.questions]
+    if with_captions:
+        prompts += [adapter.build_prompt(text, tokens, True, answer_text=ans) for text, ans in clip.captions]
+    # the shared part ends before the first answer token's predecessor, so every answer token is predicted in the suffix
+    answer_starts = [int((p.labels != IGNORE_INDEX).nonzero()[0, 0]) for p in prompts]
+    plen = min(_common_prefix([p.input_ids for p in prompts]), min(answer_starts) - 1)
     lm = adapter.language_model
-    prefix = torch.cat([adapter.embed(ps[0])[:, :plen] for ps in prompts])  # [C, P, D]
-    out = lm(inputs_embeds=prefix, use_cache=True, output_hidden_states=tracks is not None)
+    out = lm(inputs_embeds=adapter.embed(prompts[0])[:, :plen], use_cache=True)
     cache = out.past_key_values
-    track_loss, stats = None, {}
-    if tracks is not None:
-        rows = torch.stack([ps[0].token_rows for ps in prompts]).to(device)  # [C, K], K = F * N (frame-major)
-        states = torch.stack([out.hidden_states[track_layer][i, r] for i, r in enumerate(rows)])  # [C, K, D]
-        states = states.reshape(len(clips), len(clips[0].times), -1, states.shape[-1])  # [C, F, N, D]
-        targets = [track_targets(c.tracks, c.times, adapter.grid) for c in clips]
-        track_loss, stats = tracks.loss(states, targets)
-    owner = torch.tensor([i for i, ps in enumerate(prompts) for _ in ps], device=device)
-    cache.batch_select_indices(owner)
-    suffix, mask, labels = _pad_suffixes(adapter, flat, plen)
-    positions = plen + torch.arange(suffix.shape[1], device=device)[None].expand(len(flat), -1)
-    attn = torch.cat([torch.ones(len(flat), plen, dtype=torch.long, device=device), mask], dim=1)
-    hidden = lm(
-        inputs_embeds=suffix, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
-    ).last_hidden_state  # [B, S, D]
-    # the first suffix token is predicted by the prefix's last position; labels start inside the suffix
-    target = labels[:, 1:]
-    sel = target != IGNORE_INDEX
-    logits = adapter.model.lm_head(hidden[:, :-1][sel])  # [T, V]
-    token_loss = F.cross_entropy(logits.float(), target[sel], reduction="none")  # [T]
-    is_mc = torch.tensor(
-        [i < len(c.questions) for c, ps in zip(clips, prompts, strict=True) for i in range(len(ps))], device=device
-    )
-    token_mc = is_mc[:, None].expand_as(sel)[sel]  # [T]
-    loss = token_loss[token_mc].mean()
-    if (~token_mc).any():
-        loss = loss + caption_weight * token_loss[~token_mc].mean()
-    if heads is not None:
-        targets = torch.cat([torch.from_numpy(cell_targets(c.tracks, c.times, adapter.grid)) for c in clips])
-        loss = loss + heads.loss(feats, targets, centre_weight * GROUNDING_POSITION_WEIGHT)
-    if track_loss is not None:
-        loss = loss + track_weight * track_loss
-    first = sel.float().argmax(1)  # position of each answer letter
-    every = torch.arange(len(flat), device=device)
-    letter_logits = adapter.model.lm_head(hidden[every, first])
-    return loss, letter_logits.detach(), target[every, first], stats
-
-
-def _pad_suffixes(adapter: LlavaOneVision, prompts: list, plen: int) -> tuple[torch.Tensor, ...]:  # type: ignore[type-arg]
-    rows = [adapter.embed(p)[0, plen:] for p in prompts]  # each [S_i, D]
-    emb = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # [B, S, D], right-padded
+    cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
+    rows = [adapter.embed(p)[0, plen:] for p in prompts]
+    suffix = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # [B, S, D]
     mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
-    labels = torch.nn.utils.rnn.pad_sequence(
-        [p.labels[plen:] for p in prompts], batch_first=True, padding_value=IGNORE_INDEX
-    )
-    return emb, mask.to(emb.device), labels.to(emb.device)
+    labels = torch.nn.utils.rnn.pad_sequence([p.labels[plen:] for p in prompts], batch_first=True,
+                                             padding_value=IGNORE_INDEX).to(device)
+    positions = plen + torch.arange(suffix.shape[1], device=device)[None].expand(len(prompts), -1)
+    attn = torch.cat([torch.ones(len(prompts), plen, dtype=torch.long), mask], dim=1).to(device)
+    hidden = lm(inputs_embeds=suffix, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                use_cache=True).last_hidden_state  # [B, S, D]
+    target = labels[:, 1:]  # the first suffix position predicts the second suffix token, and so on
+    sel = target != IGNORE_INDEX
+    logits = adapter.model.lm_head(hidden[:, :-1]).float()  # [B, S-1, V]
+    token_loss = torch.zeros_like(target, dtype=torch.float32)
+    token_loss[sel] = F.cross_entropy(logits[sel], target[sel], reduction="none")
+    nq = len(clip.questions)
+    first = sel.float().argmax(1)[:nq]  # position of each answer's first token
+    opt_loss, correct = logits.new_zeros(()), 0
+    for i, q in enumerate(clip.questions):
+        ids = torch.tensor(option_ids(adapter, q.choices), device=device)
+        restricted = logits[i, first[i], ids]  # [C]: each option's log-likelihood up to a shared constant
+        gold = q.choices.index(q.answer_text)
+        opt_loss = opt_loss + F.cross_entropy(restricted[None], torch.tensor([gold], device=device))
+        correct += int(restricted.argmax()) == gold
+    return ClipLoss(token_loss[:nq].sum(), int(sel[:nq].sum()), opt_loss, token_loss[nq:].sum(),
+                    int(sel[nq:].sum()), correct, nq)
 
 
-def lr_at(cfg: TinyConfig, step: int, progress: float) -> float:
+def forward_batch(adapter: LlavaOneVision, clips: list[Clip], cfg: TinyConfig,
+                  heads: GroundingHeads | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """loss = mean answer-token CE + option_weight x mean option CE + caption_weight x mean caption-token CE
+    (+ grounding_weight x the read-outs); each kind is averaged on its own so the many caption tokens do not
+    drown the one-token answers. Returns (loss, {"acc": option accuracy of the batch, ...})."""
+    feats, token_sets = _encode(adapter, clips)
+    parts = []
+    for clip, tokens in zip(clips, token_sets, strict=True):
+        if clip.dropout and adapter.model.training:
+            tokens = drop_tokens(tokens, clip.dropout, clip.seed)
+        parts.append(clip_loss(adapter, clip, tokens, cfg.captions))
+    n_answer = max(1, sum(p.answer_tokens for p in parts))
+    n_q = max(1, sum(p.questions for p in parts))
+    loss = sum(p.answer for p in parts) / n_answer + cfg.option_weight * sum(p.option for p in parts) / n_q
+    n_caption = sum(p.caption_tokens for p in parts)
+    if n_caption:
+        loss = loss + cfg.caption_weight * sum(p.caption for p in parts) / n_caption
+    if heads is not None and cfg.grounding_weight:
+        targets = torch.cat([torch.from_numpy(cell_targets(c.tracks, c.times, adapter.grid)) for c in clips])
+        loss = loss + cfg.grounding_weight * heads.loss(feats, targets)
+    return loss, {"acc": sum(p.correct for p in parts) / n_q, "questions": float(n_q),
+                  "visual_norm": float(feats.detach().norm(dim=-1).mean())}
+
+
+def lr_at(cfg: TinyConfig, step: int) -> float:
+    """Warmup, then cosine from ``lr`` to 5 % of it at ``steps``: a function of the step alone, so chained
+    runs continue one schedule whatever each run's wall clock."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass
 class State:
     step: int = 0
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # training seconds over all runs
     history: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)  # periodic honest held-out accuracy and blind floor
     resumed_from: int | None = None
     vision_done: bool = False
+    probe: dict = field(default_factory=dict)  # linear probes on the frozen visual tokens
 
 
 def _checkpoint_path(cfg: TinyConfig) -> Path:
     return Path(cfg.work_dir) / "checkpoint.pt"
 
 
+def _half_optimizer(opt: torch.optim.Optimizer) -> dict:
+    """The optimiser state with its moments in bfloat16: halves the checkpoint (<= 20 MB to commit)."""
+    state = opt.state_dict()  # its per-parameter dicts are the live ones: build new dicts, never modify them
+    halved = {index: {key: value.to(torch.bfloat16) if key in ("exp_avg", "exp_avg_sq") else value
+                      for key, value in slot.items()} for index, slot in state["state"].items()}
+    return {**state, "state": halved}
+
+
 def save_checkpoint(cfg: TinyConfig, model, opt, state: State, heads=None) -> None:  # type: ignore[no-untyped-def]
-    """Model, optimiser, progress and the training-only read-out heads (``heads``: one module holding them)."""
+    """Weights, training-only heads, optimiser (bf16 moments), step and history; atomically replaced."""
     path = _checkpoint_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "heads": heads.state_dict() if heads is not None else None,
-            "opt": opt.state_dict(),
-            "state": asdict(state),
-            "config": json.dumps(asdict(cfg)),
-        },
-        tmp,
-    )
+    torch.save({"model": model.state_dict(), "heads": heads.state_dict() if heads is not None else None,
+                "opt": _half_optimizer(opt), "state": asdict(state), "config": json.dumps(asdict(cfg))}, tmp)
     tmp.replace(path)
+    write_curve(Path(cfg.work_dir), state)
 
 
 # how long a run goes, where it writes and what it runs on may change on resume
-RUN_LENGTH = ("out", "work_dir", "steps", "max_minutes", "eval_every", "checkpoint_every", "heldout_clips")
-MAY_CHANGE_ON_RESUME = (*RUN_LENGTH, "threads", "device")
+MAY_CHANGE_ON_RESUME = ("out", "work_dir", "max_minutes", "eval_every", "checkpoint_every", "heldout_clips",
+                        "threads", "device")
 
 
 def _identity(config: dict) -> dict:
@@ -335,112 +318,168 @@ def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: 
         return State()
     ckpt = torch.load(path, weights_only=False, map_location="cpu")  # load_state_dict moves to the model's device
     if _identity(json.loads(ckpt["config"])) != _identity(json.loads(json.dumps(asdict(cfg)))):
-        log.warning("checkpoint %s was written with another config; starting afresh", path)
-        return State()
+        raise typer.BadParameter(f"checkpoint {path} was written with another config; move it away to start afresh")
     model.load_state_dict(ckpt["model"])
-    if heads is not None:
+    if heads is not None and ckpt["heads"] is not None:
         heads.load_state_dict(ckpt["heads"])
-    opt.load_state_dict(ckpt["opt"])
+    opt.load_state_dict(ckpt["opt"])  # moments come back in the parameters' dtype
     log.info("resumed from %s at step %d", path, ckpt["state"]["step"])
     saved = {k: v for k, v in ckpt["state"].items() if k != "resumed_from"}
     return State(**saved, resumed_from=saved["step"])
 
 
-def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, float]]:
-    """Held-out accuracy per question type, scored like ``choice_logprobs`` (valid letters only)."""
-    from bench.tiny_model import accuracy_by_type
+def write_curve(folder: Path, state: State) -> None:
+    """curve.json (training EMA and held-out evaluations) and curve.png beside the checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "curve.json").write_text(json.dumps({"history": state.history, "evals": state.evals}))
+    if not state.history:
+        return
+    import matplotlib
 
-    letters = letter_ids(adapter.tokenizer)
-    results: list[tuple[str, bool]] = []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([h["step"] for h in state.history], [h["acc"] for h in state.history], label="train option acc (EMA)")
+    if state.evals:
+        steps = [e["step"] for e in state.evals]
+        ax.plot(steps, [e["all"] for e in state.evals], "o-", label="held-out honest acc")
+        ax.plot(steps, [e["blind"] for e in state.evals], "s--", label="held-out, zero visual tokens")
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(folder / "curve.png", dpi=80)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def evaluate(adapter: LlavaOneVision, clips: list[Clip]) -> dict[str, dict[str, float]]:
+    """Honest held-out accuracy per type by option likelihood (``option_loglikelihoods``), with the video
+    and with zero visual tokens (the blind floor): {type: {"accuracy", "blind", "n"}} plus "all"."""
     was_training = adapter.model.training
     adapter.model.eval()
-    with torch.no_grad():
-        for clip in clips:
-            if not clip.questions:
-                continue
-            logits, target = forward_batch(adapter, [clip])[1:3]
-            for q, row, t in zip(clip.questions, logits, target, strict=True):
-                valid = torch.tensor(letters[: len(q.choices)], device=row.device)
-                results.append((q.qtype, bool(valid[row[valid].argmax()] == t)))
+    rows: list[tuple[str, bool, bool]] = []
+    empty = TokenSet.empty(adapter.text_config.hidden_size, adapter.grid)
+    for clip in clips:
+        if not clip.questions:
+            continue
+        tokens = encode_batch(adapter, [clip])[0]
+        asks = [(q.prompt, q.choices) for q in clip.questions]
+        seen = adapter.option_loglikelihoods_many(asks, tokens)
+        blind = adapter.option_loglikelihoods_many(asks, empty)
+        for q, s, b in zip(clip.questions, seen, blind, strict=True):
+            gold = q.choices.index(q.answer_text)
+            rows.append((q.qtype, int(s.argmax()) == gold, int(b.argmax()) == gold))
     adapter.model.train(was_training)
-    return accuracy_by_type(results)
+    out: dict[str, dict[str, float]] = {}
+    for key in sorted({t for t, _, _ in rows}) + ["all"]:
+        sel = [(s, b) for t, s, b in rows if key in (t, "all")]
+        out[key] = {"accuracy": float(np.mean([s for s, _ in sel])), "blind": float(np.mean([b for _, b in sel])),
+                    "n": len(sel)}
+    return out
 
 
-def train_step(
-    adapter: LlavaOneVision,
-    opt: torch.optim.Optimizer,
-    batch: list[Clip],
-    captions: bool = True,
-    heads: GroundingHeads | None = None,
-    caption_weight: float = 1.0,
-    tracks: TrackHeads | None = None,
-    track_layer: int = 2,
-    track_weight: float = TinyConfig.track_weight,
-    centre_weight: float = TinyConfig.centre_weight,
-) -> tuple[float, float, dict[str, float]]:
-    """One optimiser step: (loss, answer-letter accuracy, track read-out accuracies)."""
+def train_step(adapter: LlavaOneVision, opt: torch.optim.Optimizer, batch: list[Clip], cfg: TinyConfig,
+               heads: GroundingHeads | None = None) -> tuple[float, float, float]:
+    """One optimiser step: (loss, option accuracy of the batch, mean visual-token norm)."""
     clips = [c for c in batch if c.questions]
     if not clips:  # e.g. one-frame clips with nothing in view: nothing to ask
-        return float("nan"), float("nan"), {}
-    loss, logits, target, stats = forward_batch(
-        adapter, clips, captions, heads, caption_weight, tracks, track_layer, track_weight, centre_weight
-    )
+        return float("nan"), float("nan"), float("nan")
+    loss, stats = forward_batch(adapter, clips, cfg, heads)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in opt.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
-    per_clip = [len(c.questions) + len(c.captions) * captions for c in clips]
-    is_mc = torch.tensor(
-        [i < len(c.questions) for c, n in zip(clips, per_clip, strict=True) for i in range(n)], device=target.device
-    )
-    acc = float((logits.argmax(-1) == target)[is_mc].float().mean())
-    return float(loss.detach()), acc, stats
+    return float(loss.detach()), stats["acc"], stats["visual_norm"]
 
 
-def run(cfg: TinyConfig) -> dict:
-    """Train (resuming from the work dir's checkpoint), evaluate on held-out clips, write the model folder."""
+@torch.no_grad()
+def cell_probe(adapter: LlavaOneVision, train_frames: int = 256, test_frames: int = 64) -> dict[str, float]:
+    """Fresh linear probes on the frozen visual tokens: grid cell, colour and shape (held-out test frames)."""
+    def feats(seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, targets = vision_batch(seed, count, 96, adapter.grid)
+        x = torch.cat([adapter.video_features(adapter.pixel_values(frames[i:i + 32])).float()
+                       for i in range(0, count, 32)])
+        return x.reshape(-1, x.shape[-1]), torch.from_numpy(targets).reshape(-1, 4)
+
+    was_training = adapter.model.training
+    adapter.model.eval()
+    x_train, t_train = feats(VISION_SEED_BASE - 1_000_000, train_frames)  # below the pretraining seeds
+    x_test, t_test = feats(PROBE_SEED, test_frames)
+    adapter.model.train(was_training)
+    cells = adapter.grid[0] * adapter.grid[1]
+    out = {}
+    tasks = (("cell", torch.arange(cells).repeat(train_frames), torch.arange(cells).repeat(test_frames)),
+             ("colour", t_train[:, 0], t_test[:, 0]), ("shape", t_train[:, 1], t_test[:, 1]))
+    for name, y_train, y_test in tasks:
+        out[name] = _fit_probe(x_train, y_train, x_test, y_test)
+    out["chance_cell"] = 1 / cells
+    return out
+
+
+def _fit_probe(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    with torch.enable_grad():
+        probe = torch.nn.Linear(x.shape[1], int(max(y.max(), y_test.max())) + 1)
+        opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+        for _ in range(300):
+            loss = F.cross_entropy(probe((x - mean) / std), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return float((probe((x_test - mean) / std).argmax(-1) == y_test).float().mean())
+
+
+def build(cfg: TinyConfig) -> tuple:  # type: ignore[type-arg]
+    """Tokenizer, model, adapter, heads and optimiser for ``cfg`` (fresh)."""
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    tokenizer = build_tokenizer(cfg.arch.vocab_size)
+    tokenizer = build_tokenizer(cfg.arch.vocab_size, cfg.arch.words)
     model = build_model(cfg.arch, tokenizer, seed=cfg.seed).to(device)
     adapter = adapter_for(model, tokenizer)
-    heads = torch.nn.ModuleDict()
-    if cfg.grounding:
-        heads["grounding"] = GroundingHeads(cfg.arch.text_hidden)
-    if cfg.track_layer:
-        heads["tracks"] = TrackHeads(cfg.arch.text_hidden)
-    heads.to(device)
+    heads = GroundingHeads(cfg.arch.text_hidden, adapter.grid[0] * adapter.grid[1]).to(device)
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    return tokenizer, model, adapter, heads, opt
+
+
+def run(cfg: TinyConfig, export_only: bool = False) -> dict:
+    """Train (resuming from the work dir's checkpoint) for at most ``max_minutes``; when the schedule's
+    last step is reached (or ``export_only``), evaluate on the held-out clips and write the model folder."""
+    tokenizer, model, adapter, heads, opt = build(cfg)
     state = load_checkpoint(cfg, model, opt, heads)
-    plans = itertools.islice(
-        batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed, cfg.max_frames, cfg.curriculum_steps),
-        state.step,
-        None,
-    )
-    heldout = heldout_clips(cfg.heldout_clips, size=128)
-    if "grounding" in heads and not state.vision_done:
-        pretrain_vision(cfg, adapter, heads["grounding"], state)
-        save_checkpoint(cfg, model, opt, state, heads)
-    with contextlib.closing(rendered(plans)) as batches:
-        _train_loop(cfg, adapter, opt, state, batches, heldout, heads)
-    metrics = evaluate(adapter, heldout)
-    log.info("held-out accuracy %s", json.dumps(metrics))
-    write_folder(cfg, model, tokenizer, state, metrics)
-    return {
-        "steps": state.step,
-        "train_minutes": state.elapsed / 60,
-        "heldout": metrics,
-        "out": cfg.out,
-        "resumed_from": state.resumed_from,
-    }
+    if not export_only:
+        if not state.vision_done:
+            pretrain_vision(cfg, adapter, heads, state)
+            factor = calibrate_projector(adapter, vision_batch(VISION_SEED_BASE - 2_000_000, 32, 96, adapter.grid)[0])
+            state.probe = {**cell_probe(adapter), "projector_rescale": factor}
+            log.info("linear probes on the visual tokens after vision pretraining: %s", json.dumps(state.probe))
+            save_checkpoint(cfg, model, opt, state, heads)
+        plans = itertools.islice(
+            batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed, cfg.max_frames,
+                        cfg.curriculum_steps, cfg.memory_share, honest=True),
+            state.step, None)
+        evalset = heldout_clips(16, size=128, honest=True) if cfg.eval_every else []
+        with contextlib.closing(rendered(plans)) as batches:
+            _train_loop(cfg, adapter, opt, state, batches, evalset, heads)
+    result = {"steps": state.step, "train_minutes": state.elapsed / 60, "out": None, "heldout": None,
+              "resumed_from": state.resumed_from, "checkpoint": str(_checkpoint_path(cfg))}
+    if state.step >= cfg.steps or export_only:
+        metrics = evaluate(adapter, heldout_clips(cfg.heldout_clips, size=128, honest=True))
+        log.info("held-out accuracy %s", json.dumps(metrics))
+        probe = cell_probe(adapter)
+        write_folder(cfg, model, tokenizer, state, metrics, probe)
+        result.update(out=cfg.out, heldout=metrics)
+    return result
 
 
 def pretrain_vision(cfg: TinyConfig, adapter: LlavaOneVision, heads: GroundingHeads, state: State) -> None:
-    """Teach the vision tower + projector what the objects look like before the LLM sees them: the
-    grounding read-outs alone on single frames (cheap: no LLM), so that the question training starts
-    from visual tokens that already say which colour and shape sits where."""
+    """Teach the vision tower + projector what the objects look like and where each token sits, before the
+    LLM sees them: the read-outs alone on single frames (cheap: no LLM)."""
     from rich.progress import Progress
 
     vision = [*adapter.model.model.vision_tower.parameters(), *adapter.model.model.multi_modal_projector.parameters()]
@@ -456,85 +495,59 @@ def pretrain_vision(cfg: TinyConfig, adapter: LlavaOneVision, heads: GroundingHe
             frames, targets = vision_batch(seed, cfg.vision_batch, size, adapter.grid)
             seed += cfg.vision_batch
             feats = adapter.video_features(adapter.pixel_values(frames))
-            loss = heads.loss(feats, torch.from_numpy(targets), cfg.centre_weight)
+            loss = heads.loss(feats, torch.from_numpy(targets))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             state.elapsed += time.perf_counter() - started
             bar.update(task, advance=1, description=f"vision pretraining loss {float(loss.detach()):.3f}")
-            if step % 100 == 0:
+            if step % 50 == 0:
                 log.info("vision step %d loss %.3f (%.0f s)", step, float(loss.detach()), state.elapsed)
     state.vision_done = True
 
 
-def _train_loop(cfg: TinyConfig, adapter, opt, state: State, batches, heldout, heads) -> None:  # type: ignore[no-untyped-def]
+def _train_loop(cfg: TinyConfig, adapter, opt, state: State, batches, evalset, heads) -> None:  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    budget_s = cfg.max_minutes * 60
-    columns = [
-        TextColumn("train tiny"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    ema_loss, ema_acc = None, None
-    ema_tracks: dict[str, float] = {}  # track read-out accuracies (diagnostic: does the LLM track objects?)
+    budget_s, run_s = cfg.max_minutes * 60, 0.0
+    columns = [TextColumn("train tiny"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    last = state.history[-1] if state.history else {}
+    ema_loss, ema_acc = last.get("loss"), last.get("acc")
     with Progress(*columns) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
-        while state.step < cfg.steps and state.elapsed < budget_s:
+        while state.step < cfg.steps and run_s < budget_s:
             started = time.perf_counter()
-            progress = max(state.step / cfg.steps, state.elapsed / budget_s)
             for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, state.step, progress)
-            loss, acc, stats = train_step(
-                adapter,
-                opt,
-                next(batches),
-                cfg.captions,
-                heads["grounding"] if "grounding" in heads else None,
-                cfg.caption_weight,
-                heads["tracks"] if "tracks" in heads else None,
-                min(cfg.track_layer, cfg.arch.text_layers),
-                cfg.track_weight,
-                cfg.centre_weight,
-            )
+                group["lr"] = lr_at(cfg, state.step)
+            loss, acc, norm = train_step(adapter, opt, next(batches), cfg, heads)
             state.step += 1
-            state.elapsed += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            state.elapsed += spent
+            run_s += spent
             if math.isnan(loss):
                 continue
             ema_loss = loss if ema_loss is None else 0.95 * ema_loss + 0.05 * loss
             ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
-            for key, value in stats.items():
-                ema_tracks[key] = 0.95 * ema_tracks.get(key, value) + 0.05 * value
             bar.update(task, completed=state.step, info=f"loss {ema_loss:.3f} acc {ema_acc:.2f}")
             if state.step % 25 == 0 or state.step < 25:
-                state.history.append(
-                    {
-                        "step": state.step,
-                        "loss": round(ema_loss, 4),
-                        "acc": round(ema_acc, 3),
-                        "elapsed_s": round(state.elapsed, 1),
-                        **{f"track_{k}": round(v, 3) for k, v in ema_tracks.items()},
-                    }
-                )
-                log.info(
-                    "step %d loss %.3f acc %.2f tracks %s (%.0f s)",
-                    state.step,
-                    ema_loss,
-                    ema_acc,
-                    " ".join(f"{k} {v:.2f}" for k, v in ema_tracks.items()),
-                    state.elapsed,
-                )
-            if cfg.eval_every and state.step % cfg.eval_every == 0:
-                log.info("step %d held-out %s", state.step, json.dumps(evaluate(adapter, heldout[:16])))
+                state.history.append({"step": state.step, "loss": round(ema_loss, 4), "acc": round(ema_acc, 3),
+                                      "elapsed_s": round(state.elapsed, 1), "s_per_step": round(spent, 2),
+                                      "lr": lr_at(cfg, state.step), "visual_norm": round(norm, 3)})
+                log.info("step %d loss %.3f acc %.2f lr %.2e visual norm %.2f (%.2f s/step, %.0f s)", state.step,
+                         ema_loss, ema_acc, lr_at(cfg, state.step), norm, spent, state.elapsed)
+            if evalset and state.step % cfg.eval_every == 0:
+                metrics = evaluate(adapter, evalset)
+                state.evals.append({"step": state.step, "all": metrics["all"]["accuracy"],
+                                    "blind": metrics["all"]["blind"],
+                                    **{k: v["accuracy"] for k, v in metrics.items() if k != "all"}})
+                log.info("step %d held-out %s", state.step, json.dumps(state.evals[-1]))
             if state.step % cfg.checkpoint_every == 0:
                 save_checkpoint(cfg, adapter.model, opt, state, heads)
     save_checkpoint(cfg, adapter.model, opt, state, heads)
 
 
-def write_folder(cfg: TinyConfig, model, tokenizer, state: State, metrics: dict) -> Path:  # type: ignore[no-untyped-def]
+def write_folder(cfg: TinyConfig, model, tokenizer, state: State, metrics: dict, probe: dict) -> Path:  # type: ignore[no-untyped-def]
     from bench.tiny_card import model_card
 
     out = Path(cfg.out)
@@ -543,77 +556,43 @@ def write_folder(cfg: TinyConfig, model, tokenizer, state: State, metrics: dict)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     save_preprocessor(out, cfg.arch.image_size)
-    marker = {
-        "trained": True,
-        "family": "llava_onevision",
-        "name": "vidmem-tiny",
-        "dtype": "float32",  # trained in float32; bf16 costs accuracy and saves nothing at this size
-        "steps": state.step,
-        "heldout_accuracy": metrics["all"]["accuracy"],
-    }
+    marker = {"trained": True, "family": "llava_onevision", "name": "vidmem-tiny", "dtype": "float32",
+              "answers": "words", "steps": state.step, "heldout_accuracy": metrics["all"]["accuracy"],
+              "blind_accuracy": metrics["all"]["blind"]}
     (out / "vidmem.json").write_text(json.dumps(marker, indent=1))
-    (out / "training.json").write_text(
-        json.dumps(
-            {"config": asdict(cfg), "history": state.history, "heldout": metrics, "train_seconds": state.elapsed},
-            indent=1,
-        )
-    )
-    (out / "README.md").write_text(model_card(cfg, state, metrics))
+    (out / "training.json").write_text(json.dumps(
+        {"config": asdict(cfg), "history": state.history, "evals": state.evals, "heldout": metrics,
+         "probe": {"after_vision_pretraining": state.probe, "final": probe}, "train_seconds": state.elapsed},
+        indent=1))
+    write_curve(out, state)
+    (out / "README.md").write_text(model_card(cfg, state, metrics, probe))
     return out
 
 
 def cli(
-    out: Annotated[str, typer.Option(help="model folder to write")] = "models/vidmem-tiny",
-    work_dir: Annotated[str, typer.Option(help="checkpoints (resumed from when present)")] = "vidmem-data/train-tiny",
-    steps: Annotated[int, typer.Option(help="optimiser steps")] = TinyConfig.steps,
-    max_minutes: Annotated[
-        float, typer.Option(help="wall-clock budget; the schedule anneals within it")
-    ] = TinyConfig.max_minutes,
-    clips_per_batch: Annotated[
-        int, typer.Option(help="clips per step (all their questions are used)")
-    ] = TinyConfig.clips_per_batch,
-    eval_every: Annotated[
-        int, typer.Option(help="held-out check every so many steps (0: at the end)")
-    ] = TinyConfig.eval_every,
+    out: Annotated[str, typer.Option(help="model folder to write when the schedule ends")] = TinyConfig.out,
+    work_dir: Annotated[str, typer.Option(help="checkpoint folder (resumed from when present)")] = TinyConfig.work_dir,
+    steps: Annotated[int, typer.Option(help="optimiser steps of the whole schedule")] = TinyConfig.steps,
+    max_minutes: Annotated[float, typer.Option(help="this run's training time; then checkpoint and stop")] = (
+        TinyConfig.max_minutes),
+    clips_per_batch: Annotated[int, typer.Option(help="clips per step (all their questions are used)")] = (
+        TinyConfig.clips_per_batch),
+    eval_every: Annotated[int, typer.Option(help="held-out check every so many steps (0: none)")] = (
+        TinyConfig.eval_every),
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared, busy CPU)")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = TinyConfig.device,
-    text_layers: Annotated[int, typer.Option(help="LLM depth")] = Arch.text_layers,
-    text_hidden: Annotated[int, typer.Option(help="LLM width (a multiple of the 4 heads)")] = Arch.text_hidden,
     seed: Annotated[int, typer.Option(help="init and data seed")] = 0,
-    track_layer: Annotated[
-        int, typer.Option(help="LLM layer of the track read-outs (0: none)")
-    ] = TinyConfig.track_layer,
-    centre_weight: Annotated[
-        float, typer.Option(help="weight of the grounding's object-centre read-out (0: none)")
-    ] = TinyConfig.centre_weight,
+    export: Annotated[bool, typer.Option(help="no training: evaluate the checkpoint and write the folder")] = False,
 ) -> None:
-    """Train vidmem-tiny from scratch on generated clips (resumable) and write the model folder."""
+    """Train vidmem-tiny v2 from scratch on generated clips (resumable, chained runs) and write the model folder."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    cfg = TinyConfig(
-        out=out,
-        work_dir=work_dir,
-        steps=steps,
-        max_minutes=max_minutes,
-        clips_per_batch=clips_per_batch,
-        eval_every=eval_every,
-        threads=threads,
-        device=device,
-        seed=seed,
-        arch=Arch(text_layers=text_layers, text_hidden=text_hidden),
-        track_layer=track_layer,
-        centre_weight=centre_weight,
-    )
-    result = run(cfg)
-    print(
-        json.dumps(
-            {
-                "steps": result["steps"],
-                "train_minutes": round(result["train_minutes"], 2),
-                "heldout_accuracy": result["heldout"]["all"]["accuracy"],
-                "out": result["out"],
-            }
-        )
-    )
+    cfg = TinyConfig(out=out, work_dir=work_dir, steps=steps, max_minutes=max_minutes,
+                     clips_per_batch=clips_per_batch, eval_every=eval_every, threads=threads, device=device,
+                     seed=seed)
+    result = run(cfg, export_only=export)
+    print(json.dumps({k: result[k] for k in ("steps", "train_minutes", "checkpoint", "out")}
+                     | {"heldout_accuracy": result["heldout"]["all"]["accuracy"] if result["heldout"] else None,
+                        "blind_accuracy": result["heldout"]["all"]["blind"] if result["heldout"] else None}))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,13 @@ class PromptBuilder:
         return Prompt(input_ids, visual, mask, token_rows, position_ids, labels)
 
 
+def _crop_to(cache: Any, length: int) -> None:
+    """Drop a KV cache's entries beyond ``length`` positions (transformers' ``crop`` takes how many to remove)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 def time_order(tokens: TokenSet) -> Tensor:
     """Permutation [K] sorting tokens by (time, frame, row, col); stable, so ties keep their order."""
     order = torch.argsort(tokens.col, stable=True)
@@ -253,6 +260,57 @@ class VideoLLM:
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1)
             logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, vocab]
             return logp[:, first]
+
+    @torch.no_grad()
+    def option_loglikelihoods(self, question: str, tokens: TokenSet, options: Sequence[str],
+                              with_timestamps: bool = True) -> Tensor:
+        """Log-likelihood [C] of each option's text as the answer continuation (lm-evaluation-harness ``acc``:
+        the sum over the option's tokens, end-of-turn not included). See ``option_loglikelihoods_many``."""
+        return self.option_loglikelihoods_many([(question, options)], tokens, with_timestamps)[0]
+
+    @torch.no_grad()
+    def option_loglikelihoods_many(self, asks: Sequence[tuple[str, Sequence[str]]], tokens: TokenSet,
+                                   with_timestamps: bool = True) -> list[Tensor]:
+        """``option_loglikelihoods`` of several questions about the same tokens: [C_i] per question.
+
+        Exact, only cheaper: the prompt part shared by all questions (chat header + video) runs once; each
+        question's remaining tokens and each option's continuation run on that KV cache, which is cropped
+        back afterwards (options of one token cost nothing beyond their question's forward)."""
+        bases = [self.build_prompt(q, tokens, with_timestamps) for q, _ in asks]
+        shared = min(len(b) for b in bases) - 1  # every question feeds at least its last token itself
+        for base in bases[1:]:
+            diff = (base.input_ids[:shared] != bases[0].input_ids[:shared]).nonzero()
+            shared = int(diff[0, 0]) if len(diff) else shared
+        cache = self._forward(bases[0], 0, shared, None)[1]
+        out = []
+        for (question, options), base in zip(asks, bases, strict=True):
+            logits, _ = self._forward(base, shared, len(base), cache)
+            first = torch.log_softmax(logits[-1].float(), dim=-1)  # [vocab]: the answer's first token
+            scores = []
+            for option in options:
+                ids = self.text_ids(option, specials=False)
+                total = first[ids[0]]
+                if len(ids) > 1:
+                    prompt = self.build_prompt(question, tokens, with_timestamps, answer_text=option)
+                    more = torch.log_softmax(self._forward(prompt, len(base), len(base) + len(ids) - 1,
+                                                           cache)[0].float(), dim=-1)  # [n - 1, vocab]
+                    total = total + more[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum()
+                    _crop_to(cache, len(base))
+                scores.append(total)
+            _crop_to(cache, shared)
+            out.append(torch.stack(scores).cpu())
+        return out
+
+    def _forward(self, prompt: Prompt, start: int, end: int, cache: Any) -> tuple[Tensor, Any]:
+        """Logits [end - start, vocab] of prompt positions start..end-1 fed after ``cache`` (None: a new one)."""
+        kwargs: dict[str, Any] = {"inputs_embeds": self.embed(prompt)[:, start:end], "use_cache": True,
+                                  "past_key_values": cache}
+        if prompt.position_ids is not None:
+            kwargs["position_ids"] = prompt.position_ids[:, None, start:end].to(self.device)
+        else:
+            kwargs["position_ids"] = torch.arange(start, end, device=self.device)[None]
+        out = self.model(**kwargs)
+        return out.logits[0].cpu(), out.past_key_values
 
     def _left_pad(self, prompts: Sequence[Prompt]) -> tuple[Tensor, Tensor, Tensor]:
         """Batch prompts: embeds [B, L, D], mask [B, L], position ids [B, L] or [3, B, L]."""

@@ -123,6 +123,12 @@ class EncodeBatcher:
             with self._lock:
                 expected = bool(self._on_the_way)
             if not expected or remaining <= 0:
+                # a thread puts its clip before it stops being expected: take what it put in between
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
                 break
             try:
                 batch.append(self._queue.get(timeout=min(remaining, POLL_S)))

@@ -78,3 +78,22 @@ def test_demo_clip_when_made_then_questions_have_letter_answers(tmp_path: Path) 
     path, questions = demo_clip(tmp_path, seconds=6, seed=7)
     assert path.exists() and (tmp_path / "synthetic-7.json").exists()
     assert questions and all(answer in "ABCD" for _, answer in questions)
+
+
+def test_demo_clip_when_words_then_one_question_per_supported_type_with_answers_in_words(tmp_path: Path) -> None:
+    path, questions = demo_clip(tmp_path, seconds=16, seed=7, words=True)
+    assert path.exists() and len(questions) >= 5, f"at least 5 question types, got {len(questions)}"
+    stems = [text.splitlines()[0] for text, _ in questions]
+    assert len(set(stems)) == len(stems)
+    for text, answer in questions:
+        assert "Options:" in text and answer in text.split("Options: ")[1], f"{answer!r} is not an option of {text!r}"
+        assert answer not in ("A", "B", "C", "D"), "answers in words, not letters"
+
+
+def test_demo_is_correct_when_words_then_whole_option_must_match() -> None:
+    from vidmem.demo import is_correct
+
+    assert is_correct("red circle", "red circle") and is_correct(" Red circle.", "red circle")
+    assert not is_correct("minute 12", "minute 1") and not is_correct("red", "red circle")
+    assert is_correct("B. blue", "B") and not is_correct(None, "B") and not is_correct("A", "B")
+    assert is_correct("2", "2") and not is_correct("23", "2"), "a count is a word, not a letter"

@@ -50,3 +50,25 @@ def test_vidmem_tiny_when_answering_then_generates_the_letter(model) -> None:  #
     question = next(q for q in clip.questions if q.qtype == "present")
     answer = model.answer(question.text, tokens, max_new_tokens=4)
     assert answer.text in "ABCD" and answer.text, f"answer {answer.text!r} is not a single letter"
+
+
+V2_MODEL = SHIPPED_MODEL.parent / "vidmem-tiny-v2"
+
+
+@pytest.mark.skipif(not (V2_MODEL / "config.json").is_file(), reason="vidmem-tiny v2 not written yet")
+def test_vidmem_tiny_v2_when_scored_honestly_on_heldout_clips_then_at_least_80_percent_within_a_minute() -> None:
+    from bench.evalkit import load, score_options
+
+    started = time.perf_counter()
+    model = load(str(V2_MODEL))
+    assert model.answers_in_words and model.grid == (6, 6), "v2 answers in words from 36 tokens per frame"
+    clips = heldout_clips(10, size=128, first_seed=90_000, honest=True)  # seeds never used in training
+    results = []
+    for clip in clips:
+        tokens = concat_blocks(encode_chunks(model, clip.frames, clip.times, chunk_frames=4))
+        results += [score_options(model, q, tokens) for q in clip.questions]
+    elapsed = time.perf_counter() - started
+    acc = sum(r.correct for r in results) / len(results)
+    assert len(results) >= 40, f"only {len(results)} questions"
+    assert acc >= 0.80, f"honest held-out accuracy {acc:.3f} on {len(results)} questions"
+    assert elapsed < 60, f"loading and scoring took {elapsed:.1f} s"
