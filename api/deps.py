@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.schemas import MAX_SKIP
 from store.db import session_scope
+from store.models import DEFAULT_TENANT
 from store.repo import NotFound
 from vidmem.settings import Settings
 from workers.runtime import Runtime
@@ -62,3 +63,14 @@ def require_writer(settings: SettingsDep, authorization: Annotated[str | None, H
 
 
 Writer = Depends(require_writer)
+
+
+def get_tenant(settings: SettingsDep) -> str:
+    """The tenant of the request's API key; every route that reads or writes tenant data depends on it.
+
+    Placeholder until API keys land (issue 18): everything belongs to the default tenant.
+    """
+    return DEFAULT_TENANT
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -19,6 +19,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+DEFAULT_TENANT = "default"
+"""The tenant of rows made without a key: the open loopback mode and rows from before tenants."""
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -66,6 +70,8 @@ class Stream(Base):
     __tablename__ = "streams"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # The tenant (an API key's owner) the stream belongs to; other tenants get 404 for it.
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, index=True)
     name: Mapped[str] = mapped_column(String(200))
     # The URL with credentials redacted (``rtsp://***@cam/x``); safe to show.
     source_url: Mapped[str] = mapped_column(Text)
@@ -76,6 +82,9 @@ class Stream(Base):
     active: Mapped[bool] = mapped_column(default=True)
     loop: Mapped[bool] = mapped_column(default=False)
     stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The wall-clock time of stream second 0 (set by ingest when media starts), so clock times map to
+    # stream seconds; None until the first frame.
+    media_epoch: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -88,6 +97,8 @@ class Question(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"))
+    # Copied from the stream so history across streams filters on one indexed column.
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, index=True)
     text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default=QuestionStatus.queued)
     window_start: Mapped[float | None] = mapped_column(Float, default=None)
