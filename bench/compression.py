@@ -76,6 +76,10 @@ class SyntheticHooks:
     def text_relevance(self, question: str, tokens: TokenSet) -> torch.Tensor:
         return torch.rand(len(tokens), generator=torch.Generator().manual_seed(99), device="cpu")
 
+    def question_states(self, question: str, tokens: TokenSet, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(98)
+        return torch.rand(4, 8, generator=gen), torch.rand(len(tokens), 8, generator=gen)
+
 
 class SyntheticScorer:
     """Stand-in for a trained CaCoVID policy (its network cost is measured by the learned-methods bench)."""

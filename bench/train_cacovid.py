@@ -2,11 +2,13 @@
 
 Paper: Ma et al., "Contribution-aware Token Compression for Efficient Video Understanding via
 Reinforcement Learning", arXiv 2602.01649, AAAI 2026; the algorithm as the released code implements
-it (``research/seed-methods.md`` sections 1.4-1.5) lives in ``compression/cacovid/``. This module
+it (LivingFutureLab/CaCoVID: ``compression_policy.py``, ``grpo_trainer.py``) lives in
+``compression/cacovid/``. This module
 wires it to vidmem: synthetic clips and multiple-choice questions (bench/streamgen.py,
 bench/questions.py), the frozen Video LLM's answer correctness as reward (``choice_logprobs`` on
 all rollouts of an iteration in one batched forward), held-out reward curve (JSON + PNG), resumable
-checkpoints, and the ablations (grouped vs top-k + noise sampling, with/without balance weights).
+checkpoints, and the ablations (grouped vs top-k + noise sampling, with/without balance weights,
+with/without rollout replay).
 
 Run::
 
@@ -347,6 +349,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "grouped+balance": {"balance": True},
     "noisy-topk+balance": {"sampler": "noisy", "balance": True},
     "grouped-no-balance": {"balance": False},
+    "grouped+balance-no-replay": {"balance": True, "replay": False},
 }
 
 
@@ -430,6 +433,9 @@ def cli(
     balance: Annotated[
         bool, typer.Option(help="kept/dropped balance weights (off: they lowered held-out accuracy on vidmem-tiny)")
     ] = False,
+    replay: Annotated[
+        bool, typer.Option(help="the loss replays every stored rollout of the sample, as released (off: current only)")
+    ] = True,
     ablate_all: Annotated[bool, typer.Option("--ablate", help="run the ablation variants")] = False,
     toy: Annotated[bool, typer.Option("--toy", help="with --ablate: on the pure-torch toy reward")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -438,7 +444,7 @@ def cli(
     """Train the CaCoVID policy (RL, frozen Video LLM reward); writes the policy, curve JSON and PNG."""
     logging.basicConfig(level=logging.INFO)
     rl = RLConfig(token_rollouts=rollouts * 3 // 4 - 1, frame_rollouts=rollouts // 4, inner_iters=inner_iters,
-                  sampler=sampler, balance=balance)
+                  sampler=sampler, balance=balance, replay=replay)
     cfg = TrainConfig(model=model, out=out, work_dir=work_dir, steps=steps, heldout=heldout, eval_every=eval_every,
                       lr=lr, device=device, resume=resume, rl=rl)
     if ablate_all:

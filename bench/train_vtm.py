@@ -1,20 +1,23 @@
 """Train learnable Video Token Merging's saliency vector U_s through the auxiliary attention path.
 
 Paper: Lee et al., "Video Token Merging for Long-form Video Understanding", arXiv 2410.23782,
-NeurIPS 2024, section 3.4 / Fig. 4 (``research/seed-methods.md`` section 3.4, item 4):
-saliency s = tanh(X U_s); the main path picks merge targets by saliency (not differentiable), the
-auxiliary path (training only) adds the saliency to the attention logits of every query,
+NeurIPS 2024, section 3.4, Fig. 4, Eqs. 8-10 (learnable VTM): saliency s = tanh(X U_s); the main path
+samples the |T| = N/gamma merge targets from p = softmax(s) (not differentiable), the auxiliary path
+(training only) adds the saliency to the attention logits of every query,
 softmax((Q K^T + 1 * S^T) / sqrt(C)) V, which makes U_s trainable by the task loss.
 
 Adaptation to a frozen Video LLM (vidmem-tiny): the "block" is one ingest chunk (4 frames, as
 bench/accuracy encodes); the main path is the ``vtm:target=learnable`` stage-1 method's own
-partition + merge (compression/methods/vtm.py: top-|T| saliency targets, R most similar sources
-merged), computed with the current U_s; the auxiliary path is the frozen LLM answering the
-clip's questions on those merged tokens with s_j / sqrt(head_dim) added to every query's attention
-logit toward visual token j in every layer (HF scales Q K^T by 1/sqrt(head_dim), so this is the
-paper's (Q K^T + S) / sqrt(C) with C the attention width). Loss: cross-entropy of the correct
-letter among the choices' letters (the benchmark's question-answer loss). Only U_s [D] is trained;
-the saved file ({"u_s": Tensor [D], ...}) loads with ``compression.methods.vtm.load_saliency``.
+partition + merge (compression/methods/vtm.py: |T| targets drawn from softmax(s) without
+replacement, R most similar sources merged), computed with the current U_s; ``targets="topk"`` is a
+named option, not the default (the top-|T| saliency tokens, as vtm's inference default takes them;
+the former training rule); held-out evaluation uses vtm's inference default (top-|T|). The auxiliary
+path is the frozen LLM answering the clip's questions on those merged tokens with s_j /
+sqrt(head_dim) added to every query's attention logit toward visual token j in every layer (HF
+scales Q K^T by 1/sqrt(head_dim), so this is the paper's (Q K^T + S) / sqrt(C) with C the attention
+width). Loss: cross-entropy of the correct letter among the choices' letters (the benchmark's
+question-answer loss). Only U_s [D] is trained; the saved file ({"u_s": Tensor [D], ...}) loads with
+``compression.methods.vtm.load_saliency``.
 
 Hyper-parameters from the paper (Table 5/9, section 4.1): gamma = 6 and R = 0.8|S|, AdamW, lr 1e-3,
 weight decay 0.01, cosine schedule with 1/7 warm-up (10 of 70 epochs). Training also cycles
@@ -68,18 +71,22 @@ class VTMConfig:
     device: str = "auto"
     checkpoint_every: int = 25
     resume: bool = True
+    targets: str = "sample"  # training partition: "sample" from softmax(s) (the paper) | "topk"
 
 
-def merged_tokens(chunks: list[TokenSet], u_s: Tensor, gamma: float, merge_ratio: float) -> TokenSet:
-    """The main path: vtm's learnable partition + merge on each chunk, with the current U_s (no gradient)."""
-    from compression.methods.vtm import merge_sources
+def merged_tokens(chunks: list[TokenSet], u_s: Tensor, gamma: float, merge_ratio: float, sample: bool = True,
+                  gen: torch.Generator | None = None) -> TokenSet:
+    """The main path: vtm's learnable partition + merge on each chunk, with the current U_s (no gradient).
 
+    ``sample``: the |T| targets are drawn from softmax(s) without replacement (the paper's training
+    partition), else the top-|T| saliency tokens (vtm's inference default)."""
+    from compression.methods.vtm import merge_sources, pick_targets, saliency
+
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
     out = []
     for tokens in chunks:
-        s = torch.tanh(tokens.features.float() @ u_s.detach())
         k = max(1, round(len(tokens) / gamma))
-        targets = torch.zeros(len(tokens), dtype=torch.bool)
-        targets[torch.sort(s, descending=True, stable=True).indices[:k]] = True
+        targets = pick_targets(saliency(tokens.features, u_s.detach()), k, sample=sample, gen=gen)
         out.append(merge_sources(tokens, targets, merge_ratio))
     return TokenSet.concat(out)
 
@@ -138,7 +145,7 @@ def evaluate(vlm: Any, clips: list[tuple[list[TokenSet], list[Any]]], u_s: Tenso
                     kept.append(merge_sources(t, torch.arange(len(t)) % step == 0, 1.0))
                 tokens = TokenSet.concat(kept)
             else:
-                tokens = merged_tokens(chunks, u_s.cpu(), 1 / r, 1.0)
+                tokens = merged_tokens(chunks, u_s.cpu(), 1 / r, 1.0, sample=False)
             for q in questions:
                 letters = list(LETTERS[: len(q.choices)])
                 logp = vlm.choice_logprobs(q.text, [tokens], letters)[0]
@@ -162,6 +169,8 @@ def run(cfg: VTMConfig, vlm: Any = None, progress: bool = True) -> dict:
     text = vlm.text_config
     head_dim = int(getattr(text, "head_dim", 0) or text.hidden_size // text.num_attention_heads)
     dim = int(text.hidden_size)
+    if cfg.targets not in ("sample", "topk"):
+        raise ValueError(f"targets must be 'sample' or 'topk', got {cfg.targets!r}")
     u_s = (torch.randn(dim) / math.sqrt(dim)).to(vlm.device).requires_grad_(True)
     opt = torch.optim.AdamW([u_s], lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, round(cfg.warmup * cfg.steps))
@@ -202,7 +211,9 @@ def run(cfg: VTMConfig, vlm: Any = None, progress: bool = True) -> dict:
         if not clip.questions:
             continue
         gamma, ratio = cfg.settings[i % len(cfg.settings)]
-        tokens = merged_tokens(encode_chunks(vlm, clip, cfg.chunk_frames), u_s.detach().cpu(), gamma, ratio)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)  # per clip: resuming draws the same targets
+        tokens = merged_tokens(encode_chunks(vlm, clip, cfg.chunk_frames), u_s.detach().cpu(), gamma, ratio,
+                               sample=cfg.targets == "sample", gen=gen)
         loss = qa_loss(vlm, tokens, clip.questions, u_s, 1 / math.sqrt(head_dim))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -297,6 +308,7 @@ def cli(
     lr: Annotated[float, typer.Option(help="AdamW learning rate")] = VTMConfig.lr,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     resume: Annotated[bool, typer.Option(help="resume from work_dir/checkpoint.pt")] = True,
+    targets: Annotated[str, typer.Option(help="training partition: sample (softmax(s), the paper) | topk")] = "sample",
 ) -> None:
     """Train learnable VTM's saliency vector (frozen Video LLM, saliency-biased attention); writes U_s."""
     logging.basicConfig(level=logging.INFO)
@@ -310,6 +322,7 @@ def cli(
         lr=lr,
         device=device,
         resume=resume,
+        targets=targets,
     )
     s = run(cfg)
     print(

@@ -34,7 +34,12 @@ class ModelHooks(Protocol):
         ...
 
     def text_relevance(self, question: str, tokens: TokenSet) -> Tensor:
-        """Similarity of the question to each visual token: [K]."""
+        """Similarity of the question's mean input embedding to each visual token's features: [K]."""
+        ...
+
+    def question_states(self, question: str, tokens: TokenSet, layer: int) -> tuple[Tensor, Tensor]:
+        """Hidden states after LLM layer ``layer`` of the prompt holding ``tokens`` and ``question``:
+        (the question's tokens [T, H], the visual tokens [K, H] in TokenSet order)."""
         ...
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from compression.tokens import TokenBlock, TokenSet
-from vlm.probe import PROBE_ATTN, Recorder, StopForward, recording
+from vlm.probe import PROBE_ATTN, HiddenRecorder, Recorder, StopForward, recording, recording_hidden, watch_hidden
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ class Prompt:
     input_ids [L] int64 with a placeholder id at every visual row; visual [V, D] rows placed at the
     ``visual_mask`` [L] positions in order; token_rows [K]: prompt position of each TokenSet token
     (TokenSet order); position_ids [3, L] for M-RoPE families, else None (plain 0..L-1);
-    labels [L] (IGNORE_INDEX outside the answer) when an answer was appended, else None.
+    labels [L] (IGNORE_INDEX outside the answer) when an answer was appended, else None;
+    question_rows [T]: prompt positions of the question's tokens when the family marked them, else None.
     """
 
     input_ids: Tensor
@@ -59,6 +60,7 @@ class Prompt:
     token_rows: Tensor
     position_ids: Tensor | None = None
     labels: Tensor | None = None
+    question_rows: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -74,6 +76,7 @@ class PromptBuilder:
         self.token_index: list[Tensor] = []  # TokenSet index per visual row (-1: family extra)
         self.dim = dim
         self.answer_start: int | None = None
+        self.question_span: tuple[int, int] | None = None
 
     def text(self, ids: Sequence[int]) -> PromptBuilder:
         self.ids.extend(ids)
@@ -87,6 +90,11 @@ class PromptBuilder:
         self.rows.append(rows)
         self.token_index.append(token_index.to(torch.int64))
         return self
+
+    def question(self, ids: Sequence[int]) -> PromptBuilder:
+        """Append the question's text ids and remember where they are (``Prompt.question_rows``)."""
+        self.question_span = (len(self.ids), len(self.ids) + len(ids))
+        return self.text(ids)
 
     def answer(self, ids: Sequence[int]) -> PromptBuilder:
         if ids:
@@ -107,7 +115,8 @@ class PromptBuilder:
         if self.answer_start is not None:
             labels = torch.full_like(input_ids, IGNORE_INDEX)
             labels[self.answer_start:] = input_ids[self.answer_start:]
-        return Prompt(input_ids, visual, mask, token_rows, position_ids, labels)
+        rows = None if self.question_span is None else torch.arange(*self.question_span, dtype=torch.int64)
+        return Prompt(input_ids, visual, mask, token_rows, position_ids, labels, rows)
 
 
 def _crop_to(cache: Any, length: int) -> None:
@@ -366,6 +375,44 @@ class VideoLLM:
         query = self.model.get_input_embeddings()(ids).float().mean(0)  # [D]
         feats = tokens.features.to(self.device).float()  # [K, D]
         return torch.nn.functional.cosine_similarity(feats, query[None], dim=-1).cpu()
+
+    @torch.no_grad()
+    def question_states(self, question: str, tokens: TokenSet, layer: int,
+                        with_timestamps: bool = True) -> tuple[Tensor, Tensor]:
+        """Hidden states float32 after LLM decoder layer ``layer`` of the answering prompt: (the question's
+        tokens [T, H], the visual tokens [K, H] in TokenSet order). The forward stops right after ``layer``.
+
+        AdaTP's text relevance reads them (compression/methods/adatp.py); the question is located by
+        ``question_rows`` (:meth:`question_rows`)."""
+        prompt = self.build_prompt(question, tokens, with_timestamps)
+        module = self.language_model.layers[layer]
+        watch_hidden(module)
+        recorder = HiddenRecorder(module=module, stop=True)
+        kwargs: dict[str, Any] = {"inputs_embeds": self.embed(prompt), "use_cache": False}
+        if prompt.position_ids is not None:
+            kwargs["position_ids"] = prompt.position_ids[:, None].to(self.device)
+        with recording_hidden(recorder):
+            try:
+                self.model(**kwargs)
+            except StopForward:
+                pass
+        if recorder.hidden is None:
+            raise RuntimeError(f"layer {layer} was not reached by the forward pass")
+        states = recorder.hidden[0].float()  # [L, H]
+        rows = self.question_rows(prompt, question).to(states.device)
+        return states[rows].cpu(), states[prompt.token_rows.to(states.device)].cpu()
+
+    def question_rows(self, prompt: Prompt, question: str) -> Tensor:
+        """Prompt positions [T] of the question's tokens: those the family marked, else the last occurrence
+        of ``text_ids(question, specials=False)`` in the prompt, else every text position after the video."""
+        if prompt.question_rows is not None:
+            return prompt.question_rows
+        ids, needle = prompt.input_ids.tolist(), self.text_ids(question, specials=False)
+        for start in range(len(ids) - len(needle), -1, -1):
+            if needle and ids[start:start + len(needle)] == needle:
+                return torch.arange(start, start + len(needle))
+        after = int(prompt.visual_mask.nonzero().max()) + 1 if bool(prompt.visual_mask.any()) else 0
+        return torch.arange(after, len(ids))
 
     def layer0_state_dict(self) -> dict[str, Tensor]:
         """A detached float32 copy of the LLM's decoder layer 0 (keys as in the HF layer module)."""

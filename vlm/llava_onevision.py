@@ -84,7 +84,7 @@ class LlavaOneVision(VideoLLM):
         builder.text(self.text_ids("<|im_start|>user "))
         if len(tokens):
             self._add_video(builder, tokens, with_timestamps)
-        builder.text(self.text_ids(f"\n{question}", specials=False))
+        builder.question(self.text_ids(f"\n{question}", specials=False))
         builder.text(self.text_ids("<|im_end|><|im_start|>assistant\n"))
         builder.answer(self._answer_ids(answer_text))
         return builder.build(len(tokens))

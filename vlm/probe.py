@@ -8,10 +8,16 @@ and can stop the forward right after that layer by raising ``StopForward``.
 
 The recorder is passed through a ``ContextVar`` for the duration of one call: no state is hung on
 modules and concurrent callers in other threads do not see each other's recorders.
+
+Hidden states of one decoder layer are recorded the same way (:class:`HiddenRecorder`): a forward
+hook, registered once per watched layer (:func:`watch_hidden`), copies that layer's output for the
+active recorder of the calling context only and can stop the forward there.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -82,6 +88,47 @@ def recording(recorder: Recorder) -> Iterator[Recorder]:
         yield recorder
     finally:
         _ACTIVE.reset(token)
+
+
+@dataclass
+class HiddenRecorder:
+    """A decoder layer whose output to record, and whether to stop the forward after it."""
+
+    module: nn.Module
+    stop: bool = True
+    hidden: torch.Tensor | None = field(default=None)  # [B, L, H] after the call
+
+
+_HIDDEN: ContextVar[HiddenRecorder | None] = ContextVar("vidmem_hidden_recorder", default=None)
+_WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_WATCH_LOCK = threading.Lock()
+
+
+def _hidden_hook(module: nn.Module, args: object, output: object) -> None:
+    recorder = _HIDDEN.get()
+    if recorder is not None and module is recorder.module:
+        recorder.hidden = (output[0] if isinstance(output, tuple) else output).detach()
+        if recorder.stop:
+            raise StopForward
+
+
+def watch_hidden(module: nn.Module) -> None:
+    """Register the recording hook on ``module`` once (idempotent, thread-safe); it acts only inside
+    :func:`recording_hidden` for that module, so other forwards are untouched."""
+    with _WATCH_LOCK:
+        if module not in _WATCHED:
+            module.register_forward_hook(_hidden_hook)
+            _WATCHED.add(module)
+
+
+@contextmanager
+def recording_hidden(recorder: HiddenRecorder) -> Iterator[HiddenRecorder]:
+    """Activate ``recorder`` for the forward passes run inside the block."""
+    token = _HIDDEN.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _HIDDEN.reset(token)
 
 
 AttentionInterface.register(PROBE_ATTN, probe_attention_forward)

@@ -2,18 +2,22 @@
 
 Paper: Ma et al., "Contribution-aware Token Compression for Efficient Video Understanding via
 Reinforcement Learning", arXiv 2602.01649, AAAI 2026 ("combinatorial policy optimization"). The
-paper's equations could not be read; this follows the released trainer as described in
-``research/seed-methods.md`` section 1.5:
+paper's equations could not be read; this follows the released trainer (LivingFutureLab/CaCoVID,
+``src/r1-v/src/open_r1/trainer/grpo_trainer.py``, ``compute_loss`` and the rate adaptation in
+``_inner_training_loop``):
 
 - :func:`group_advantages`: A_g = (R_g - mean(R)) / (std(R) + 1e-4), mean and std over the memory
-  of every rollout of the sample so far (token and frame modes normalised separately);
+  of every rollout of the sample so far (token and frame modes normalised separately); the loss
+  runs over every stored rollout (:class:`compression.cacovid.trainer.Replay`);
 - :func:`bernoulli_logprob`: each token/frame action a in {drop=0, keep=1} scored under
   log_softmax(z)[a] (an independent Bernoulli per token);
 - :func:`token_loss`: r = exp(logp - logp_old), l = -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)
   with eps_low = 0.2, eps_high = 0.28 (DAPO-style asymmetric clip), kept/dropped balance weights
   w = a*(1 - abar) + (1 - a)*abar (detached), L_token = mean_g sum_i w*l / (sum_i w + 1e-7);
 - :func:`frame_loss`: the same clipped surrogate on frame actions, plain mean, no weights;
-- :func:`kl_to_half`: optional k3 estimate of KL to Bernoulli(0.5) (weight 0 by default);
+- :func:`kl_to_half`: optional k3 estimate of KL to Bernoulli(0.5) (weight 0 by default, as in the
+  release's script). Deviation: it is the expectation over both actions of each token, plain mean;
+  the release evaluates it on the replayed actions with the balance weights (only when enabled);
 - :func:`adapt_rate`: acc >= 0.875 halves the rate (floor 0.01), acc <= 0.125 doubles it (cap 0.12).
 """
 

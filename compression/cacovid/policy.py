@@ -1,9 +1,9 @@
 """CaCoVID compression policy network: one LLM decoder layer plus token and frame heads.
 
 Paper: Ma et al., "Contribution-aware Token Compression for Efficient Video Understanding via
-Reinforcement Learning", arXiv 2602.01649, AAAI 2026. The paper's own equations could not be
-read; this follows the released code (LivingFutureLab/CaCoVID, ``compression_policy.py``) as
-described in ``research/seed-methods.md`` section 1.4:
+Reinforcement Learning", arXiv 2602.01649, AAAI 2026 (the "compression policy network"). The
+paper's own equations could not be read; this follows the released code (LivingFutureLab/CaCoVID,
+``src/r1-v/src/open_r1/trainer/llava_onevision/compression_policy.py``, class ``CompressionPolicy``):
 
 - an *interaction layer*: one Qwen2/Llama-style decoder layer (pre-RMSNorm, grouped-query
   self-attention with rotary positions from the LLM's position ids, SwiGLU MLP) whose weights
@@ -14,10 +14,12 @@ described in ``research/seed-methods.md`` section 1.4:
   the same RMSNorm module, then a separate MLP of the same shape; frame score v = y[1] - y[0].
 
 The released code's third ("mode") head gets no gradient there and is unused at inference, so it
-is left out. Differences from the released code, on purpose: the layer is run bidirectionally
-(``is_causal=False``, the released code's stated intent); positions are the question's after the
-video's, video tokens numbered 0..K-1 in time order (vidmem closes the gaps between memory tokens,
-DESIGN.md "Models"); frames may hold different numbers of tokens (stage-1 output is ragged).
+is left out. Deviations from the released code, on purpose: the layer is run bidirectionally
+(``is_causal=False``, the released code's stated intent; its FlashAttention path may run it causally);
+the layer sees the video tokens then the question's embeddings, not the whole chat prompt (no
+system/template text); positions are 0..K-1 for the video tokens in time order and the question's
+after them (vidmem closes the gaps between memory tokens, as its prompts do); frames may hold
+different numbers of tokens (stage-1 output is ragged), so the frame mean is over each frame's own.
 
 Checkpoints carry a header naming the model the policy was trained for (name, hidden size, a hash
 of the input-embedding shape); :func:`load_policy` refuses a checkpoint made for another model.
@@ -189,7 +191,7 @@ class PolicyOutput:
 
 
 class CompressionPolicy(nn.Module):
-    """Scores every video token and frame given the question (seed-methods.md section 1.4)."""
+    """Scores every video token and frame given the question (the release's ``CompressionPolicy.forward``)."""
 
     def __init__(self, cfg: PolicyConfig, signature: ModelSignature | None = None) -> None:
         super().__init__()

@@ -1,28 +1,31 @@
 """CaCoVID rollout sampling: online combination-space sampling (token mode) and frame-mode rollouts.
 
 Paper: Ma et al., "Contribution-aware Token Compression for Efficient Video Understanding via
-Reinforcement Learning", arXiv 2602.01649, AAAI 2026. The paper's text (its "online combination
-space sampling") could not be read; this implements the released trainer as described in
-``research/seed-methods.md`` section 1.5:
+Reinforcement Learning", arXiv 2602.01649, AAAI 2026 ("online combination space sampling"). The
+paper's text could not be read; this implements the released trainer (LivingFutureLab/CaCoVID,
+``compression_policy.py`` ``sample_token`` / ``sample_frame`` / ``div_sample`` and ``sample_utils.py``):
 
 - :func:`cap_probs` - the recursive water-filling cap, after flooring at 1/n**2;
-- :func:`grouped_token_masks` - per frame: softmax of the token scores, rank groups of ~2k tokens
-  (G = max(floor(1/(rho*group_size)), 1) groups, the first N mod G one larger), group masses capped
-  at clip(max_group_prob/G, 0.1, 0.9), one group drawn per rollout, then k tokens drawn without
-  replacement inside it from member probabilities clamped to [1/(2m), 2/m]; rollout 0 is the
+- :func:`grouped_token_masks` - per frame: softmax of the token scores, rank groups
+  (G = max(int(1/rate/group_size), 1) groups from the nominal rate, :func:`num_rank_groups`; the
+  first N mod G one larger), group masses capped at clip(max_group_prob/G, 0.1, 0.9), one group
+  drawn per rollout, then k tokens drawn without replacement inside it from member probabilities
+  clamped to [1/(2m), 2/m] with m = N // G (the release's nominal group size); rollout 0 is the
   deterministic per-frame top-k;
 - :func:`frame_masks` - F_sel = ceil(t*frame_ratio) frames drawn without replacement from
-  softmax(v) capped at 3/t (rollout 0 = top frames), and inside them k*t tokens in total chosen by
-  DPC-kNN density peaks (:func:`dpc_knn_select`) on the original features;
+  softmax(v) capped at 3/t (rollout 0 = top frames), then one joint DPC-kNN density-peak selection
+  (:func:`dpc_knn_select`) of k*t tokens over all the chosen frames' original features together;
 - :func:`noisy_topk_masks` - the ablation baseline: top-k of scores plus Gumbel noise.
 
 Every mask keeps exactly k tokens per frame (token mode) or k*t tokens (frame mode): the reward
 batch is budget-matched, as the released trainer asserts. Shapes: scores [F, N], masks [R, F, N].
 
-Adaptation for small grids (:func:`sampling_units`): the released code has 196 tokens per frame, so
-round(rate*N) >= 1 at every rate it uses. When round(rate*N) < 1 (vidmem-tiny has N = 9), the whole
-clip is one sampling unit ([1, F*N]) with k = round(rate*F*N) tokens, so training retention can go
-below one token per frame, as evaluation at 5-10% requires.
+Deviations, each only where the release would fail: :func:`sampling_units` - the release has 196
+tokens per frame, so round(rate*N) >= 1 at every rate it uses; when round(rate*N) < 1 (vidmem-tiny
+has N = 9) the whole clip is one sampling unit ([1, F*N]) with k = round(rate*F*N) tokens, so
+training retention can go below one token per frame, as evaluation at 5-10% requires. G is lowered
+so that every group holds at least k tokens (the release's draw of k tokens inside a smaller group
+raises). Frame mode takes more frames when k*t tokens do not fit in F_sel frames.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ def group_sizes(n: int, num_groups: int) -> list[int]:
 
 
 def num_rank_groups(n: int, k: int, rate: float, group_size: int = 2) -> int:
-    """G = max(floor(1/(rate*group_size)), 1), lowered so that every group holds at least k tokens."""
-    g = max(math.floor(1.0 / (rate * group_size)), 1)
+    """G = max(int(1/rate/group_size), 1) from the nominal sample rate (the release's expression, so
+    rate 0.02 gives 25 groups, not the 24 of k/N = 4/196), lowered so every group holds >= k tokens."""
+    g = max(int(1.0 / rate / group_size), 1)
     return max(1, min(g, n // max(k, 1)))
 
 
@@ -94,8 +98,8 @@ def grouped_token_masks(
 ) -> Tensor:
     """Token-mode rollouts by online combination-space sampling.
 
-    scores [F, N] token scores u; returns bool masks [R, F, N] with exactly k True per frame;
-    rollout 0 is the per-frame top-k of the scores.
+    scores [F, N] token scores u; ``rate`` the nominal sample rate (it sets the group count);
+    returns bool masks [R, F, N] with exactly k True per frame; rollout 0 is the per-frame top-k.
     """
     num_frames, n = scores.shape
     k = min(k, n)
@@ -120,7 +124,7 @@ def grouped_token_masks(
     valid = slot < sizes[draws][..., None]
     member_rank = member_rank.clamp(max=n - 1)
     member_p = ranked[torch.arange(num_frames)[None, :, None], member_rank] * valid  # [R, F, m_max]
-    m = sizes[draws][..., None].float()
+    m = n // num_groups  # the release clamps with the nominal group size for every group
     member_p = member_p / member_p.sum(-1, keepdim=True).clamp(min=1e-30)
     member_p = torch.where(valid, member_p.clamp(1 / (2 * m), 2 / m), torch.zeros_like(member_p))
     member_p = member_p / member_p.sum(-1, keepdim=True)
@@ -153,7 +157,7 @@ def noisy_topk_masks(
 
 
 def dpc_knn_select(features: Tensor, count: int, knn: int = 4, generator: torch.Generator | None = None) -> Tensor:
-    """DPC-kNN density peaks (seed-methods.md 1.5 box): features [N, D] -> the ``count`` chosen indices [count].
+    """DPC-kNN density peaks (the release's ``div_sample``): features [N, D] -> the ``count`` chosen indices.
 
     Distances are Euclidean / sqrt(D); density = exp(-mean squared distance to the knn nearest, self
     included) + 1e-6 noise; delta = distance to the nearest denser token (the maximum if none); keep
@@ -196,13 +200,13 @@ def frame_masks(
     if rollouts:
         picks[0] = frame_scores.detach().cpu().topk(chosen).indices
     actions = torch.zeros(rollouts, num_frames, dtype=torch.bool).scatter_(1, picks, True)
-    per = torch.tensor(group_sizes(total, chosen))  # tokens per chosen frame, sum == total
-    cache: dict[tuple[int, int], Tensor] = {}
+    cache: dict[tuple[int, ...], Tensor] = {}
     masks = torch.zeros(rollouts, num_frames, n, dtype=torch.bool)
+    flat = features.reshape(num_frames * n, -1)
     for r in range(rollouts):
-        for slot, f in enumerate(picks[r].sort().values.tolist()):
-            key = (f, int(per[slot]))
-            if key not in cache:
-                cache[key] = dpc_knn_select(features[f], key[1], generator=generator)
-            masks[r, f, cache[key]] = True
+        frames = tuple(picks[r].sort().values.tolist())
+        if frames not in cache:  # one joint selection over every token of the chosen frames
+            pool = (torch.tensor(frames)[:, None] * n + torch.arange(n)).reshape(-1)
+            cache[frames] = pool[dpc_knn_select(flat[pool], total, generator=generator)]
+        masks[r].view(-1)[cache[frames]] = True
     return masks, actions

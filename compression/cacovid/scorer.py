@@ -1,8 +1,9 @@
 """The trained CaCoVID policy as the stage-2 ``TokenScorer`` (compression/scoring.py).
 
 Paper: Ma et al., "Contribution-aware Token Compression for Efficient Video Understanding via
-Reinforcement Learning", arXiv 2602.01649, AAAI 2026; inference as in ``research/seed-methods.md``
-section 1.6 step 1 ("run the policy once on the prompt sequence: token scores u, frame scores v").
+Reinforcement Learning", arXiv 2602.01649, AAAI 2026; inference as the released code runs it
+(LivingFutureLab/CaCoVID, ``CompressionPolicy.forward`` then ``sample_token_eval``): the policy runs
+once on the video tokens and the question, giving token scores u and frame scores v.
 The budget rule itself (steps 2-6) is the ``cacovid`` stage-2 method in compression/methods/.
 
 The question is embedded with the Video LLM's own input embeddings, through the adapter passed as

@@ -1,7 +1,7 @@
 """A pure-torch stand-in for the Video LLM reward, to test and ablate CaCoVID training on a CPU in seconds.
 
 Used by tests and by ``bench/train_cacovid.py --model toy``; the real reward comes from the frozen
-Video LLM (arXiv 2602.01649, section 1.5 of ``research/seed-methods.md``: answer correctness on the
+Video LLM (arXiv 2602.01649; the released trainer's accuracy reward: answer correctness on the
 kept tokens). Here a sample's question names one concept from a codebook; a few *evidence* tokens
 in one frame carry that concept, *distractor* tokens carry other concepts, and the rest are noise.
 The reward of a mask is 1 when it keeps at least one evidence token, else 0: a combination reward

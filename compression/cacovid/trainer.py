@@ -1,18 +1,23 @@
 """CaCoVID combinatorial policy optimisation: one training sample = G rollouts x several inner iterations.
 
 Paper: Ma et al., "Contribution-aware Token Compression for Efficient Video Understanding via
-Reinforcement Learning", arXiv 2602.01649, AAAI 2026. Implements the released trainer's loop as
-described in ``research/seed-methods.md`` section 1.5 ("Rollouts per training sample",
-"Inner loop (valid iterations)"), with the reward supplied by the caller (the frozen Video LLM's
-answer correctness in ``bench/train_cacovid.py``; a pure-torch oracle in :mod:`.toy`).
+Reinforcement Learning", arXiv 2602.01649, AAAI 2026 ("combinatorial policy optimization"); the
+paper's equations could not be read, so this is the released trainer's loop (LivingFutureLab/CaCoVID,
+``grpo_trainer.py``: ``compute_loss``, the ``num_iter_for_item`` loop of ``_inner_training_loop``),
+with the reward supplied by the caller (the frozen Video LLM's answer correctness in
+``bench/train_cacovid.py``; a pure-torch oracle in :mod:`.toy`).
 
 Per sample: the old logits are computed once (iteration 0) and used both for sampling and as
 pi_old in every inner iteration. Each iteration adapts the per-frame rate to the sample's token-
 mode accuracy so far (initialised at 0.5), draws ``token_rollouts`` grouped token masks (rollout 0 =
-top-k) and ``frame_rollouts`` frame-mode masks, scores all of them with one batched reward call,
-appends the rewards to the sample's memory, normalises advantages over that memory (per mode), and
-takes one optimiser step on L_token + L_frame (+ optional KL to Bernoulli(0.5)). The released
-"content" rollout only feeds the unused mode head and is omitted.
+top-k; the rank-group count from the nominal rate) and ``frame_rollouts`` frame-mode masks, scores
+all of them with one batched reward call and appends masks and rewards to the sample's replay
+memory (:class:`Replay`). The loss replays every rollout stored for the sample, as the release
+does: advantages are normalised over the whole memory (per mode) and L_token + L_frame (+ optional
+KL to Bernoulli(0.5)) runs over all stored masks, up to ``inner_iters`` x rollouts of them; one
+optimiser step per iteration. ``RLConfig.replay=False`` is a named ablation, not the default: the
+loss then sees only the current iteration's rollouts (advantages still normalised over the memory).
+The released "content" rollout only feeds the unused mode head and is omitted.
 """
 
 from __future__ import annotations
@@ -34,7 +39,13 @@ from compression.cacovid.objective import (
     token_loss,
 )
 from compression.cacovid.policy import CompressionPolicy
-from compression.cacovid.sampler import frame_masks, grouped_token_masks, noisy_topk_masks, sampling_units
+from compression.cacovid.sampler import (
+    frame_masks,
+    grouped_token_masks,
+    noisy_topk_masks,
+    num_rank_groups,
+    sampling_units,
+)
 
 # rewards(masks [B, F, N] bool) -> [B] float in [0, 1]
 RewardFn = Callable[[Tensor], Tensor]
@@ -61,6 +72,7 @@ class RLConfig:
     noise: float = 1.0
     balance: bool = True  # ablation: kept/dropped balance weights off
     frame_loss: bool = True
+    replay: bool = True  # the loss replays every stored rollout of the sample (ablation: current ones only)
 
 
 @dataclass
@@ -85,6 +97,8 @@ class StepStats:
     topk_reward: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     rate: list[float] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)  # rank groups of the token-mode sampler per iteration
+    replayed: list[int] = field(default_factory=list)  # token-mode rollouts in each iteration's loss
 
     @property
     def mean_reward(self) -> float:
@@ -99,6 +113,39 @@ def _token_masks(scores: Tensor, k: int, rate: float, cfg: RLConfig, gen: torch.
     if cfg.sampler == "noisy":
         return noisy_topk_masks(scores, k, cfg.token_rollouts, gen, cfg.noise)
     return grouped_token_masks(scores, k, rate, cfg.token_rollouts, gen, cfg.group_size, cfg.max_group_prob)
+
+
+@dataclass
+class Replay:
+    """One sample's rollout memory: token actions [M, K] and frame actions [M', F] bool with their
+    rewards. Bounded by construction: it lives for one sample (``inner_iters`` iterations)."""
+
+    token_actions: list[Tensor] = field(default_factory=list)
+    token_rewards: list[Tensor] = field(default_factory=list)
+    frame_actions: list[Tensor] = field(default_factory=list)
+    frame_rewards: list[Tensor] = field(default_factory=list)
+
+    def add(self, tok: Tensor, r_tok: Tensor, frm: Tensor, r_frm: Tensor) -> None:
+        self.token_actions.append(tok)
+        self.token_rewards.append(r_tok)
+        self.frame_actions.append(frm)
+        self.frame_rewards.append(r_frm)
+
+    def batch(self, replay: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(token actions [M, K], their advantages [M], frame actions [M', F], their advantages [M']) for
+        the loss: every stored rollout when ``replay``, else the latest iteration's; advantages are
+        normalised over the whole memory either way (the release's mean and std over the memory)."""
+        mem_tok, mem_frm = torch.cat(self.token_rewards), torch.cat(self.frame_rewards)
+        tok = torch.cat(self.token_actions) if replay else self.token_actions[-1]
+        frm = torch.cat(self.frame_actions) if replay else self.frame_actions[-1]
+        r_tok = mem_tok if replay else self.token_rewards[-1]
+        r_frm = mem_frm if replay else self.frame_rewards[-1]
+        return tok, group_advantages(r_tok, mem_tok), frm, group_advantages(r_frm, mem_frm)
+
+    @property
+    def accuracy(self) -> float:
+        """Mean token-mode reward so far (the release's ``self.accuracy``)."""
+        return float(torch.cat(self.token_rewards).mean())
 
 
 def train_sample(
@@ -119,47 +166,24 @@ def train_sample(
     old_tok, old_frm = old.token_logits.float().cpu(), old.frame_logits.float().cpu()
     old_u = (old_tok[:, 1] - old_tok[:, 0]).reshape(num_frames, n)
     old_v = old_frm[:, 1] - old_frm[:, 0]
-    mem_tok: list[Tensor] = []
-    mem_frm: list[Tensor] = []
+    memory = Replay()
     rate, stats = cfg.max_sample_rate, StepStats()
     for it in range(cfg.inner_iters):
         if it:
-            rate = adapt_rate(rate, float(torch.cat(mem_tok).mean()), cfg.min_rate, cfg.max_rate)
+            rate = adapt_rate(rate, memory.accuracy, cfg.min_rate, cfg.max_rate)
         rows, k = sampling_units(rate, num_frames, n)
-        unit_rate = k / old_u.numel() * rows  # the rate the unit's k stands for (== rate up to rounding)
-        tok_masks = _token_masks(old_u.reshape(rows, -1), k, unit_rate, cfg, gen).reshape(-1, num_frames, n)
+        groups = num_rank_groups(old_u.numel() // rows, k, rate, cfg.group_size)
+        tok_masks = _token_masks(old_u.reshape(rows, -1), k, rate, cfg, gen).reshape(-1, num_frames, n)
         frm_masks, frm_actions = frame_masks(
             old_v, sample.features, k * rows, cfg.frame_rollouts, gen, cfg.frame_ratio
         )
         reward = rewards(torch.cat([tok_masks, frm_masks])).float().cpu()  # one batched call
         r_tok, r_frm = reward[: cfg.token_rollouts], reward[cfg.token_rollouts :]
-        mem_tok.append(r_tok)
-        mem_frm.append(r_frm)
-        adv_tok = group_advantages(r_tok, torch.cat(mem_tok))
-        adv_frm = group_advantages(r_frm, torch.cat(mem_frm))
+        memory.add(tok_masks.reshape(cfg.token_rollouts, -1), r_tok, frm_actions, r_frm)
+        actions, adv_tok, frm_all, adv_frm = memory.batch(cfg.replay)
         out = policy(sample.question, sample.features.reshape(-1, sample.features.shape[-1]), frame_index)
-        dev = out.token_logits.device
-        actions = tok_masks.reshape(cfg.token_rollouts, -1)
-        loss = token_loss(
-            out.token_logits,
-            bernoulli_logprob(old_tok, actions).to(dev),
-            actions.to(dev),
-            adv_tok.to(dev),
-            cfg.balance,
-            cfg.eps_low,
-            cfg.eps_high,
-        )
-        if cfg.frame_loss and cfg.frame_rollouts:
-            loss = loss + frame_loss(
-                out.frame_logits,
-                bernoulli_logprob(old_frm, frm_actions).to(dev),
-                frm_actions.to(dev),
-                adv_frm.to(dev),
-                cfg.eps_low,
-                cfg.eps_high,
-            )
-        if cfg.kl_weight:
-            loss = loss + cfg.kl_weight * kl_to_half(out.token_logits)
+        loss = replay_loss(out.token_logits, out.frame_logits, old_tok, old_frm, actions, adv_tok, frm_all, adv_frm,
+                           cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -171,7 +195,24 @@ def train_sample(
         stats.topk_reward.append(float(r_tok[0]))
         stats.loss.append(float(loss.detach()))  # CPU-GPU sync, once per iteration
         stats.rate.append(rate)
+        stats.groups.append(groups)
+        stats.replayed.append(int(actions.shape[0]))
     return stats
+
+
+def replay_loss(token_logits: Tensor, frame_logits: Tensor, old_tok: Tensor, old_frm: Tensor, actions: Tensor,
+                adv_tok: Tensor, frame_actions: Tensor, adv_frm: Tensor, cfg: RLConfig) -> Tensor:
+    """L_token + L_frame (+ KL) over the replayed rollouts: logits [K, 2] / [F, 2] of the current policy,
+    old logits (pi_old, iteration 0) on the CPU, actions [M, K] / [M', F] bool, advantages [M] / [M']."""
+    dev = token_logits.device
+    loss = token_loss(token_logits, bernoulli_logprob(old_tok, actions).to(dev), actions.to(dev), adv_tok.to(dev),
+                      cfg.balance, cfg.eps_low, cfg.eps_high)
+    if cfg.frame_loss and frame_actions.shape[0]:
+        loss = loss + frame_loss(frame_logits, bernoulli_logprob(old_frm, frame_actions).to(dev),
+                                 frame_actions.to(dev), adv_frm.to(dev), cfg.eps_low, cfg.eps_high)
+    if cfg.kl_weight:
+        loss = loss + cfg.kl_weight * kl_to_half(token_logits)
+    return loss
 
 
 @torch.no_grad()

@@ -1,20 +1,25 @@
 """``adatp-local``: AdaTP's query-agnostic half: segmentation plus local (spatial) de-duplication (stage 1).
 
 Sun, Shen et al., "AdaTP: Attention-Debiased Token Pruning for Video Large Language Models",
-arXiv 2505.20100, Findings of EMNLP 2025. The paper body could not be read; this follows the
-reconstruction in research/seed-methods.md section 2.4, steps 1, 2 and 4:
+arXiv 2505.20100, Findings of EMNLP 2025: its video segmentation and its Local Debiasing module. The
+paper body, hence its section and equation numbers, could not be read (only the abstract, the Fig. 1
+caption and third-party summaries), so the rules and thresholds are reconstructed; each is a parameter:
 
-- segmentation (step 2, [SUMMARY]): frames t-1 and t share a segment when the cosine similarity of
-  their global features is >= ``tau`` (0.95, [UNVERIFIED]); a segment continues across chunk
-  boundaries because the previous frame's global feature and the segment id are the state;
-- the global feature v_p (step 1) is the mean of the frame's tokens [RECONSTRUCTED, ASSUMPTION];
-- local debiasing (step 4, [UNVERIFIED] "one representative per spatial position per segment"):
-  the first occurrence of each position in a segment is its representative [RECONSTRUCTED: the
-  paper may keep the best-attended one; with no look-ahead the first is the only streaming
-  choice]; later tokens at that position are dropped, unless ``dedup_tau`` is set, in which case a
-  token less similar than ``dedup_tau`` to its representative is kept and becomes the new one;
+- segmentation: frames t-1 and t share a segment when the cosine similarity of their global
+  features is >= ``tau`` (0.95 [UNVERIFIED]); a segment continues across chunk boundaries because the
+  previous frame's global feature and the segment id are the state. The global feature v_p is the
+  mean of the frame's tokens [ASSUMPTION: the paper takes the visual encoder's global token];
+- local debiasing, "intra-segment spatial de-duplication": inside a segment a token is a duplicate,
+  and dropped, when its cosine similarity to the segment's last kept token at the same spatial
+  position is >= ``dedup_tau`` (0.9 [ASSUMPTION]); otherwise it is kept and becomes that position's
+  reference. A segment's first frame is kept whole. So a position that changes inside a segment
+  (motion, a new object) keeps its new tokens while a static background is stored once;
 - ``max_segment_frames`` (0 = off) forces a new segment after that many frames [ASSUMPTION], so a
   long static scene is still refreshed.
+
+``dedup=first`` is a named option, not the default: strictly one representative per position per
+segment (the first occurrence), so every later frame of a segment vanishes whatever it shows; it was
+the former rule and is kept for comparison.
 
 Each kept token carries side["segment"] (stream-wide segment id), which stage-2 ``adatp`` reads.
 """
@@ -22,6 +27,7 @@ Each kept token carries side["segment"] (stream-wide segment id), which stage-2 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +43,9 @@ class AdaTPLocal:
     @dataclass(frozen=True)
     class Params:
         tau: float = 0.95  # segmentation threshold on adjacent-frame cosine similarity [UNVERIFIED]
-        dedup_tau: float | None = None  # None: strictly one representative per position per segment
+        dedup_tau: float = 0.9  # a token this similar to its position's reference is a duplicate [ASSUMPTION]
         max_segment_frames: int = 0  # 0: segments end only on a similarity drop
+        dedup: Literal["similar", "first"] = "similar"  # first: one token per position per segment (docstring)
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -59,7 +66,7 @@ class AdaTPLocal:
             if self._new_segment(prev, glob[i], length) or rep is None or rep.shape[0] != n:
                 segment, length, rep = segment + 1, 0, feats[i]
                 keep[i] = True
-            elif self.params.dedup_tau is not None:
+            elif self.params.dedup == "similar":
                 keep[i] = (feats[i] * rep).sum(-1) < self.params.dedup_tau
                 rep = torch.where(keep[i, :, None], feats[i], rep)
             prev, length, seg_ids[i] = glob[i], length + 1, segment

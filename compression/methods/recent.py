@@ -1,6 +1,6 @@
 """``recent``: the streaming baseline, a last-N window: keep the ``budget`` most recent tokens (stage 2).
 
-Not from a paper: the sliding-window reference every streaming table carries (DESIGN.md, "Baselines").
+Not from a paper: the sliding-window reference every streaming comparison carries.
 Tokens are time-ordered, so the window is the set's tail; ties inside the oldest kept frame resolve
 to its later positions, which keeps the budget exact.
 """

@@ -3,22 +3,28 @@
 Lee et al., "Video Token Merging for Long-form Video Understanding", arXiv 2410.23782, NeurIPS 2024.
 Section 3.1 (Eqs. 1-5): tokens are partitioned into targets T (|T| = N/gamma) and sources S; every
 source is matched to its most similar target (cosine) and only the R = merge_ratio*|S| most similar
-sources are merged (Eq. 5, R = 0.8|S| by Table 9). Target selection (section 3.2-3.4):
+sources are merged (Eq. 5; R = 0.8|S| by Table 9, gamma = 6 by Table 5). Target selection
+(sections 3.2-3.4):
 
-- ``naive``: every gamma-th token is a target (Eq. 1);
-- ``center`` / ``boundary`` (region-concentrated, section 3.2): the central H/2 x W/2 region uses
-  partition factor gamma/2 and the rest 3*gamma/2 (``boundary`` swaps them);
+- ``naive`` (Eq. 1): every gamma-th token is a target;
+- ``center`` / ``boundary`` (region-concentrated, section 3.2): ``center`` takes half of the
+  |T| = round(N/gamma) targets from the central H/2 x W/2 region, i.e. partition factor gamma/2 there
+  and 3*gamma/2 elsewhere (a target density three times the rest's); ``boundary`` is the opposite
+  concentration with the same |T| (budget-matched: target density three times higher outside the
+  centre than inside), each region's targets evenly spaced over its tokens in time order;
 - ``motion`` (section 3.3): targets drawn with p_i = softmax(v)_i from the per-token motion
   magnitude v = block.side["motion"] [F, N] (codec motion vectors passed by ingest);
-- ``learnable`` (section 3.4, Fig. 4): saliency s = tanh(x U_s) from a trained vector U_s [D]
-  (``saliency_path=`` file or ``saliency=`` tensor; training lives with the learned methods);
-  inference takes the top-|T| saliency tokens (``sample=true`` draws from softmax(s) instead; the
-  paper does not say which it uses).
+- ``learnable`` (section 3.4, Fig. 4, Eqs. 8-10): saliency s = tanh(x U_s) from a trained vector
+  U_s [D] (``saliency_path=`` file or ``saliency=`` tensor; trained by ``bench/train_vtm.py``, which
+  samples the targets from softmax(s) as the paper's main path does). At inference the default takes the top-|T|
+  saliency tokens (``sample=true`` draws from softmax(s)): the paper runs only the main path at
+  inference and does not say whether it samples there.
 
-Adaptation to a frozen Video LLM: the chunk is one window; the metric is the encoder features (no
-attention keys here); merged features are size-weighted means (the paper's plain average equals it
-for fresh size-1 tokens); merged tokens keep the target's time and position; ``matmul=bf16``
-computes the similarities in bf16 (faster on CPUs with bf16 units, near-ties may resolve differently).
+Deviations, on purpose, for a frozen Video LLM: the chunk is one window (the paper's blocks see
+L_i frames); the metric is the encoder features, not attention keys (there are none before the LLM);
+merged features are size-weighted means (the paper's plain average, Eq. 4, equals it for fresh
+size-1 tokens); merged tokens keep the target's time and position; ``matmul=bf16`` computes the
+similarities in bf16 (faster on CPUs with bf16 units, near-ties may resolve differently).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compression.ops import evenly_spaced
 from compression.registry import register_method
 from compression.tokens import TokenBlock, TokenSet
 
@@ -85,19 +92,25 @@ class VideoTokenMerging:
         if p.target == "naive":
             return torch.arange(n_total, device=tokens.frame.device) % max(1, round(p.gamma)) == 0
         if p.target in ("center", "boundary"):
-            return _region_targets(tokens, p.gamma, centre_first=p.target == "center")
+            return region_targets(tokens, k, centre_dense=p.target == "center")
         gen = torch.Generator().manual_seed(p.seed * 1_000_003 + block.frame_offset)
         if p.target == "motion":
             if "motion" not in block.side:
                 raise ValueError("vtm:target=motion needs block.side['motion'] [F, N] from ingest")
-            return _pick(block.side["motion"].reshape(-1).float(), k, sample=True, gen=gen)
+            return pick_targets(block.side["motion"].reshape(-1).float(), k, sample=True, gen=gen)
         if self.saliency.numel() != tokens.dim:
             raise ValueError(f"saliency vector has {self.saliency.numel()} entries, features have D={tokens.dim}")
-        s = torch.tanh(tokens.features.float() @ self.saliency.to(tokens.features.device))  # [F*N] saliency in (-1, 1)
-        return _pick(s, k, sample=p.sample, gen=gen)
+        return pick_targets(saliency(tokens.features, self.saliency), k, sample=p.sample, gen=gen)
 
 
-def _pick(scores: Tensor, k: int, sample: bool, gen: torch.Generator) -> Tensor:
+def saliency(features: Tensor, u_s: Tensor) -> Tensor:
+    """s = tanh(X U_s) (section 3.4): features [K, D], u_s [D] -> [K] in (-1, 1)."""
+    return torch.tanh(features.float() @ u_s.to(features.device))
+
+
+def pick_targets(scores: Tensor, k: int, sample: bool, gen: torch.Generator) -> Tensor:
+    """Target mask [K]: k tokens drawn without replacement from softmax(scores) (the motion and learnable
+    variants' p_i) when ``sample``, else the top-k scores (ties to the lower index)."""
     mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     if sample:  # drawn on the CPU with a CPU generator, so a seed picks the same targets on every device
         probs = torch.softmax(scores, 0).cpu()  # CPU-GPU sync
@@ -108,15 +121,26 @@ def _pick(scores: Tensor, k: int, sample: bool, gen: torch.Generator) -> Tensor:
     return mask
 
 
-def _region_targets(tokens: TokenSet, gamma: float, centre_first: bool) -> Tensor:
+def region_targets(tokens: TokenSet, k: int, centre_dense: bool, density_ratio: float = 3.0) -> Tensor:
+    """Boolean target mask [K] with exactly min(k, K) targets, ``density_ratio`` times denser in the dense
+    region (the centre H/2 x W/2 for ``centre_dense``, the rest otherwise) than in the other one.
+
+    With the centre a quarter of the grid, ``centre_dense`` puts half the targets there: the paper's
+    gamma/2 inside and 3*gamma/2 outside. Each region's targets are evenly spaced over its tokens."""
     rows, cols = tokens.grid
     centre = ((tokens.row >= rows // 4) & (tokens.row < rows - rows // 4)
               & (tokens.col >= cols // 4) & (tokens.col < cols - cols // 4))
-    dense = centre if centre_first else ~centre
-    step_dense, step_sparse = max(1, round(gamma / 2)), max(1, round(1.5 * gamma))
-    rank_dense = torch.cumsum(dense.to(torch.int64), 0) - 1  # index among the dense region's tokens
-    rank_sparse = torch.cumsum((~dense).to(torch.int64), 0) - 1
-    return torch.where(dense, rank_dense % step_dense == 0, rank_sparse % step_sparse == 0)
+    dense = centre if centre_dense else ~centre
+    n_dense, n_total = int(dense.sum()), len(tokens)
+    k = min(k, n_total)
+    weight = density_ratio * n_dense
+    k_dense = min(n_dense, round(k * weight / max(weight + (n_total - n_dense), 1e-12)))
+    k_dense = max(k_dense, k - (n_total - n_dense))  # the sparse region cannot hold more than its tokens
+    mask = torch.zeros(n_total, dtype=torch.bool, device=tokens.frame.device)
+    for region, count in ((dense, k_dense), (~dense, k - k_dense)):
+        idx = torch.nonzero(region, as_tuple=True)[0]
+        mask[idx[evenly_spaced(idx.numel(), count, idx.device)]] = True
+    return mask
 
 
 def merge_sources(tokens: TokenSet, targets: Tensor, merge_ratio: float,

@@ -49,3 +49,25 @@ def test_run_when_finished_then_saliency_loads_for_learnable_vtm(vlm, tmp_path: 
     method = build_method(f"vtm:target=learnable,saliency_path={cfg.out},gamma=4,merge_ratio=1.0", stage=1)
     _, kept = method.update(method.init_state(), block)
     assert len(kept) == 4
+
+
+def test_merged_tokens_when_training_then_targets_are_sampled_from_softmax_of_saliency() -> None:
+    # given one chunk of 12 tokens whose saliency s = tanh(feature 0) runs from -1 to 1, |T| = 12 / 6 = 2
+    feats = torch.zeros(12, 4)
+    feats[:, 0] = torch.linspace(-6, 6, 12)
+    feats[:, 1] = torch.arange(12.0)  # distinct tokens
+    chunk = TokenBlock(feats.reshape(3, 4, 4), torch.arange(3.0, dtype=torch.float64), (2, 2)).to_tokenset()
+    u_s = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    # when targets are drawn many times (R = 0: nothing merges, the targets are only recorded)
+    from compression.methods.vtm import pick_targets, saliency
+
+    s = saliency(chunk.features, u_s)
+    draws = torch.stack([pick_targets(s, 2, sample=True, gen=gen) for _ in range(2000)]).float().mean(0)
+    # then every token can be a target, more often the more salient (p = softmax(s), Eq. 8), while top-k would
+    # always take the two most salient
+    assert bool((draws > 0).all()) and float(draws[-1]) > 2 * float(draws[0]), draws.tolist()
+    assert torch.nonzero(pick_targets(s, 2, sample=False, gen=gen)).flatten().tolist() == [10, 11]
+    sampled = merged_tokens([chunk], u_s, 6.0, 1.0, gen=torch.Generator().manual_seed(1))
+    topk = merged_tokens([chunk], u_s, 6.0, 1.0, sample=False)
+    assert len(sampled) == len(topk) == 2 and float(sampled.size.sum()) == 12.0

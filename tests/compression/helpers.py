@@ -76,6 +76,16 @@ class FakeHooks:
         return torch.tanh(tokens.features.float() @ _direction(tokens, 2))
 
 
+    def question_states(self, question: str, tokens: TokenSet, layer: int) -> tuple[Tensor, Tensor]:
+        """States [1, 2] and [K, 2] whose cosine is the relevance function: token i is r_i e0 + sqrt(1 - r_i^2) e1
+        and the question is e0, so AdaTP's hidden-state relevance sees exactly ``relevance`` (clamped to [-1, 1])."""
+        self.calls.append(f"question_states@{layer}")
+        r = self.text_relevance(question, tokens).float().clamp(-1, 1)
+        self.calls.pop()
+        question = torch.tensor([[1.0, 0.0]], device="cpu").to(r.device)  # on the tokens' device, as an adapter's
+        return question, torch.stack([r, (1 - r * r).clamp_min(0).sqrt()], dim=-1)
+
+
 class FakeScorer:
     """A test double of a trained CaCoVID policy: token score = first feature, frame score given."""
 

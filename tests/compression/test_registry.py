@@ -29,8 +29,14 @@ def test_build_method_when_spec_has_values_then_they_are_typed_from_params():
 
 def test_build_method_when_keys_absent_then_defaults_are_kept():
     assert build_method("uniform").params.ratio == 0.5
-    assert build_method("adatp-local:dedup_tau=none").params.dedup_tau is None
     assert build_method("adatp-local:dedup_tau=0.8").params.dedup_tau == 0.8
+    assert build_method("adatp-local:dedup=first").params.dedup == "first"
+
+
+def test_convert_when_optional_then_none_is_read_as_none():
+    from compression.registry import _convert
+
+    assert _convert("k", "none", float | None) is None and _convert("k", "0.5", float | None) == 0.5
 
 
 def test_build_method_when_name_unknown_then_error_lists_the_choices():

@@ -1,4 +1,4 @@
-"""Specification of the CaCoVID objective (seed-methods.md section 1.5)."""
+"""Specification of the CaCoVID objective (the released trainer, LivingFutureLab/CaCoVID grpo_trainer.py)."""
 
 from __future__ import annotations
 

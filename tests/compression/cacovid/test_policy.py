@@ -1,4 +1,4 @@
-"""Specification of the CaCoVID policy network (seed-methods.md section 1.4) and its checkpoints."""
+"""Specification of the CaCoVID policy network (the release's compression_policy.py) and its checkpoints."""
 
 from __future__ import annotations
 

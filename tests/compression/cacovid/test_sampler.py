@@ -1,4 +1,4 @@
-"""Specification of the CaCoVID rollout samplers (seed-methods.md section 1.5)."""
+"""Specification of the CaCoVID rollout samplers (the released compression_policy.py / sample_utils.py)."""
 
 from __future__ import annotations
 

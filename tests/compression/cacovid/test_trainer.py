@@ -1,4 +1,4 @@
-"""Specification of the CaCoVID training loop on the pure-torch toy reward (seed-methods.md 1.5)."""
+"""Specification of the CaCoVID training loop on the pure-torch toy reward (the released grpo_trainer.py)."""
 
 from __future__ import annotations
 

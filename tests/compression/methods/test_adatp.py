@@ -83,3 +83,23 @@ def test_adatp_when_no_model_is_given_then_raises_naming_what_it_needs():
 
     with pytest.raises(ValueError, match="adatp.*probe_attention"):
         build_method("adatp").select(_video(), 8, SelectContext("q", None))
+
+
+def test_adatp_relevance_when_default_then_from_the_llm_hidden_states_at_rel_layer():
+    tokens = _video()
+    model = FakeHooks(attention=biased_attention)
+    build_method("adatp:rel_layer=3").select(tokens, 16, SelectContext("red car?", model))
+    assert model.calls == ["probe_attention@2", "question_states@3"]
+    proxy = FakeHooks(attention=biased_attention)
+    build_method("adatp:rel_source=embedding").select(tokens, 16, SelectContext("red car?", proxy))
+    assert proxy.calls == ["probe_attention@2", "text_relevance"]
+
+
+def test_hidden_relevance_when_states_given_then_cosine_with_the_mean_question_state():
+    from compression.methods.adatp import hidden_relevance
+
+    question = torch.tensor([[1.0, 0.0, 0.0], [1.0, 2.0, 0.0]])  # mean (1, 1, 0)
+    visual = torch.tensor([[2.0, 2.0, 0.0], [0.0, 0.0, 5.0], [1.0, 0.0, 0.0], [-3.0, -3.0, 0.0]])
+    expected = torch.tensor([1.0, 0.0, 1 / 2**0.5, -1.0])
+    assert torch.allclose(hidden_relevance(question, visual), expected, atol=1e-6)
+    assert hidden_relevance(question, torch.zeros(0, 3)).shape == (0,)

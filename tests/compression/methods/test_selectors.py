@@ -82,9 +82,9 @@ def test_cacovid_when_one_frame_scores_high_then_its_quota_is_capped_at_1_5x_uni
     assert set(top_in_3.tolist()) <= kept, "frame 3's best-scored tokens fill its quota"
 
 
-def test_cacovid_when_grid_is_tiny_and_budget_below_one_per_frame_then_best_frames_get_the_quota():
+def test_cacovid_shares_when_grid_is_tiny_and_budget_below_one_per_frame_then_best_frames_get_the_quota():
     # given 16 frames x 9 tokens (vidmem-tiny) and 5 % retention: 7 tokens, 3 for the policy's quotas
-    method = build_method("cacovid", scorer=FakeScorer())
+    method = build_method("cacovid:quotas=shares", scorer=FakeScorer())
     v = torch.zeros(16)
     v[[2, 9, 13]] = torch.tensor([3.0, 2.0, 1.0])
     quotas = method.frame_quotas(v, torch.full((16,), 9), 7, 144)

@@ -106,3 +106,37 @@ def test_merging_methods_when_matmul_is_bf16_then_counts_and_sizes_match_fp32(sp
     _, fast = build_method(spec).update({}, block)
     _, exact = build_method(spec.split(":")[0]).update({}, block)
     assert len(fast) == len(exact) and float(fast.size.sum()) == float(exact.size.sum()) == 64.0
+
+
+# Fixed tensors with the expected values worked out by hand from the upstream algorithm (facebookresearch/ToMe,
+# tome/merge.py ``bipartite_soft_matching`` + ``merge_wavg``): A = even indices, B = odd; cosine of the
+# L2-normalised metric; each A token's best B partner; the r best edges (sorted by score, descending) merge
+# into their partners with size-weighted sums, the rest of A stays.
+#   x0 = (1, 0)  x1 = (1, 0)  x2 = (0.1, 1)  x3 = (0, 2)  x4 = (2, 1)  x5 = (-1, 0)
+#   A0: cos with x1, x3, x5 = 1, 0, -1           -> partner 1, score 1
+#   A2: cos = 0.0995, 0.9950, -0.0995             -> partner 3, score 0.9950
+#   A4: cos = 0.8944, 0.4472, -0.8944             -> partner 1, score 0.8944
+# edges by score: A0 -> 1, A2 -> 3, A4 -> 1.
+_X = [[1.0, 0.0], [1.0, 0.0], [0.1, 1.0], [0.0, 2.0], [2.0, 1.0], [-1.0, 0.0]]
+
+
+@pytest.mark.parametrize(("r", "sizes", "expected"), [
+    # r = 2, unit sizes: x1' = (x0 + x1)/2 = (1, 0) size 2; x3' = (x2 + x3)/2 = (0.05, 1.5) size 2; x4, x5 stay
+    (2, [1, 1, 1, 1, 1, 1], {1: ([1.0, 0.0], 2.0), 3: ([0.05, 1.5], 2.0), 4: ([2.0, 1.0], 1.0),
+                             5: ([-1.0, 0.0], 1.0)}),
+    # r = 3, sizes (1, 2, 1, 1, 3, 1): x1' = (1*x0 + 2*x1 + 3*x4)/6 = (9/6, 3/6) size 6; x3' = (x2 + x3)/2 size 2
+    (3, [1, 2, 1, 1, 3, 1], {1: ([1.5, 0.5], 6.0), 3: ([0.05, 1.5], 2.0), 5: ([-1.0, 0.0], 1.0)}),
+    # r = 5 is capped at 6 // 2 = 3 (at most half the tokens per round)
+    (5, [1, 1, 1, 1, 1, 1], {1: ([4 / 3, 1 / 3], 3.0), 3: ([0.05, 1.5], 2.0), 5: ([-1.0, 0.0], 1.0)}),
+])
+def test_tome_round_when_fixed_tensors_then_the_upstream_values(r, sizes, expected):
+    from compression.methods.tome import bipartite_targets
+
+    tokens = _as_tokens(torch.tensor(_X), torch.tensor(sizes, dtype=torch.float32))
+    targets = bipartite_targets(tokens.features[None], r)[0].tolist()
+    assert targets == [[1, 1, 3, 3, 4, 5], [1, 1, 3, 3, 1, 5], [1, 1, 3, 3, 1, 5]][min(r, 3) - 2]
+    out = tome_round(tokens, r)
+    got = {int(i): (f.tolist(), float(s)) for i, f, s in zip(out.col, out.features, out.size, strict=True)}
+    assert got.keys() == expected.keys()
+    for i, (feats, size) in expected.items():
+        assert got[i][1] == size and torch.allclose(torch.tensor(got[i][0]), torch.tensor(feats), atol=1e-6), (i, got)

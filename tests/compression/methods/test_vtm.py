@@ -70,3 +70,24 @@ def test_vtm_learnable_when_saliency_loaded_from_file_then_salient_tokens_are_ta
 def test_vtm_learnable_when_no_saliency_then_build_fails_clearly():
     with pytest.raises(ValueError, match="saliency_path"):
         build_method("vtm:target=learnable")
+
+
+@pytest.mark.parametrize("gamma", [4.0, 6.0, 10.0])
+def test_vtm_region_when_center_or_boundary_then_budget_matched_with_three_times_the_density(gamma):
+    # given 4 frames of 8x8: the centre 4x4 is a quarter of the tokens
+    block = synthetic_block(frames=4, grid=(8, 8), seed=1)
+    centre = None
+    for variant in ("center", "boundary"):
+        targets, _ = _targets(f"vtm:target={variant},gamma={gamma}", block)
+        ts = block.to_tokenset()
+        centre = (ts.row >= 2) & (ts.row < 6) & (ts.col >= 2) & (ts.col < 6)
+        # then |T| = round(N / gamma) for both (the paper's retention), not 1.67x for boundary
+        assert int(targets.sum()) == round(256 / gamma), (variant, int(targets.sum()))
+        dense, sparse = (centre, ~centre) if variant == "center" else (~centre, centre)
+        ratio = float(targets[dense].float().mean() / targets[sparse].float().mean())
+        assert 2.5 < ratio < 3.6, (variant, ratio)
+    # and the centre variant takes half its targets from the centre (gamma/2 inside, 3 gamma/2 outside)
+    centre_t, _ = _targets(f"vtm:target=center,gamma={gamma}", block)
+    assert abs(int(centre_t[centre].sum()) - round(256 / gamma) / 2) <= 1
+    _, out = build_method(f"vtm:target=boundary,gamma={gamma},merge_ratio=1.0").update({}, block)
+    assert len(out) == round(256 / gamma)
