@@ -1,16 +1,18 @@
-"""Request dependencies: settings, a database session per request, auth for writes."""
+"""Request dependencies: settings, a database session per request, the caller's tenant from its API key."""
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.schemas import MAX_SKIP
+from store import keys
 from store.db import session_scope
 from store.models import DEFAULT_TENANT
 from store.repo import NotFound
@@ -56,21 +58,61 @@ def field_error(loc: tuple[str, ...], message: str) -> RequestValidationError:
     return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error"}])
 
 
-def require_writer(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Writes need ``Authorization: Bearer <VIDMEM_API_TOKEN>`` when a token is configured."""
-    if settings.api_token and authorization != f"Bearer {settings.api_token}":
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token")
+bearer = HTTPBearer(
+    auto_error=False, scheme_name="APIKey",
+    description="An API key made by `vidmem keys create --tenant NAME`: `Authorization: Bearer vm_...`",
+)
+"""Reads the header and documents the scheme in OpenAPI (/docs' Authorize); the check is ``get_tenant``'s."""
+
+UNAUTHORIZED = "missing, wrong or revoked API key"
 
 
-Writer = Depends(require_writer)
-
-
-def get_tenant(settings: SettingsDep) -> str:
+def get_tenant(
+    runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
     """The tenant of the request's API key; every route that reads or writes tenant data depends on it.
 
-    Placeholder until API keys land (issue 18): everything belongs to the default tenant.
+    401 with ``WWW-Authenticate: Bearer`` for a missing, malformed, unknown or revoked key, all
+    with the same message, so a caller learns nothing about which. In the open mode (loopback
+    only, ``VIDMEM_AUTH=open``) no key is asked for and everything is the default tenant's.
+
+    The key is checked in a short session of its own, committed at once: the occasional
+    ``last_used_at`` write never rides along in a route's long session (a server-sent event stream,
+    an export), where on SQLite it would hold the write lock for as long as the route runs.
     """
-    return DEFAULT_TENANT
+    if runtime.settings.auth == "open":
+        return DEFAULT_TENANT
+    tenant = None
+    if credentials is not None:
+        with session_scope(runtime.sessions) as session:
+            key = keys.authenticate(session, credentials.credentials)
+            tenant = key.tenant_id if key is not None else None
+    if tenant is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    return tenant
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+KeyRequired = Depends(get_tenant)
+"""For routes that need a valid key but not its tenant (``dependencies=[KeyRequired]``)."""
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters a route reads, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """Every route: a query parameter it does not take is refused (422 naming it), not silently ignored
+    (a misspelt filter would otherwise return everything)."""
+    route = request.scope.get("route")
+    if route is None:
+        return
+    known = _query_names(route.dependant)
+    for name in request.query_params:
+        if name not in known:
+            raise field_error(("query", name), f"is not a parameter of this route (it takes {sorted(known) or 'none'})")

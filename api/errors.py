@@ -30,7 +30,7 @@ FASTAPI_BODY_UNREADABLE = "There was an error parsing the body"
 
 DESCRIPTIONS = {
     400: "malformed request (a WebRTC offer that is not valid SDP)",
-    401: "missing or wrong bearer token",
+    401: "missing, wrong or revoked API key (`Authorization: Bearer vm_...`)",
     404: "no such stream or question",
     409: "the request conflicts with the stream's state, or the deployment holds its maximum of streams",
     413: "request body over the configured limit",

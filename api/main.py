@@ -4,35 +4,42 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from api.deps import refuse_control_in_path
+from api.deps import refuse_control_in_path, refuse_unknown_query
 from api.errors import error_responses, install_error_handlers
 from api.limits import BodyLimit
-from api.routes import metrics, questions, streams, webrtc
+from api.routes import alerts, metrics, ops, questions, stream_admin, streams, web, webrtc
 from workers.runtime import Runtime
 
 COMMON_ERRORS = (413, 422, 503)
 ROUTERS = [
     (streams.router, (401, 404, 409)),
-    (questions.router, (401, 404)),
+    (questions.router, (401, 404, 409)),
     (webrtc.router, (400, 401, 409)),
-    (metrics.router, ()),
+    (metrics.router, (401,)),
+    (alerts.router, (401, 404, 409)),
+    (stream_admin.router, (401, 404, 409)),
+    (ops.router, ()),
 ]
 """Each router with the error statuses its routes may answer besides the common ones (documented)."""
 
 
 def create_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
+    settings.check_auth_binding()  # the open mode (no keys) only on loopback; the CLI says so before this
     app = FastAPI(
         title="vidmem",
         summary="Ask questions about live video streams.",
         version="0.1.0",
         responses=error_responses(*COMMON_ERRORS),
-        dependencies=[Depends(refuse_control_in_path)],
+        dependencies=[Depends(refuse_control_in_path), Depends(refuse_unknown_query)],
+        docs_url=None,  # served by api.routes.web from local assets: it works offline
+        redoc_url=None,  # ReDoc fetches its vendor's logo from a CDN: not served
     )
     app.state.runtime = runtime
     for router, codes in ROUTERS:
         app.include_router(router, responses=error_responses(*codes))
     install_error_handlers(app)
+    web.install(app)  # the page at / and the offline /docs
     app.add_middleware(
         BodyLimit, default=settings.max_body_bytes, by_suffix={"/webrtc": settings.max_sdp_body_bytes}
     )

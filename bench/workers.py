@@ -242,6 +242,8 @@ def batch_rows(cfg: BenchConfig, device: str) -> list[BatchRow]:
     from vlm.loader import load_model
     from workers.runtime import resolve_model_name
 
+    if not cfg.batches:  # --batches "": scaling only
+        return []
     model = load_model(resolve_model_name(cfg.model), device=device, cache_dir=tempfile.mkdtemp(prefix="vidmem-"))
     clips = [Clip(_frames(cfg, seed), [float(t) for t in range(cfg.frames)], seed * cfg.frames)
              for seed in range(cfg.batch_clips)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from store.db import modelled
 from store.models import Base
 
 config = context.config
@@ -27,7 +28,7 @@ def run_migrations_online() -> None:
     with connectable.connect() as connection:
         context.configure(
             connection=connection, target_metadata=target_metadata, compare_type=True,
-            render_as_batch=connection.dialect.name == "sqlite",
+            render_as_batch=connection.dialect.name == "sqlite", include_name=modelled,
         )
         with context.begin_transaction():
             context.run_migrations()

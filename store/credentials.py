@@ -127,3 +127,18 @@ def key_file(data_dir: Path) -> Path:
     finally:
         temporary.unlink()
     return path
+
+
+def encrypt_text(text: str, settings: Settings) -> str:
+    """Any other secret at rest (an alert's webhook signing key or URL), with the same key as camera credentials."""
+    return _fernet(settings).encrypt(text.encode()).decode()
+
+
+def decrypt_text(token: str, settings: Settings) -> str:
+    """The text ``encrypt_text`` stored; CredentialsUnavailable when the key differs or is missing."""
+    try:
+        return _fernet(settings).decrypt(token.encode()).decode()
+    except InvalidToken:
+        raise CredentialsUnavailable(
+            "a stored secret cannot be decrypted: VIDMEM_SECRET_KEY differs from the key it was stored with"
+        ) from None

@@ -59,6 +59,7 @@ class MemoryStore(Protocol):
     def load(self, stream_id: str) -> MemoryRecord | None: ...
     def size(self, stream_id: str) -> MemorySize | None: ...
     def save(self, stream_id: str, record: MemoryRecord, *, expected_version: int) -> bool: ...
+    def delete(self, stream_id: str) -> None: ...
 
 
 class LocalMemoryStore:
@@ -112,6 +113,13 @@ class LocalMemoryStore:
             _write_atomic(self._path(stream_id), encode_record(record))
             _write_atomic(self.root / f"{stream_id}.size", json.dumps(size.__dict__).encode())
             return True
+
+    def delete(self, stream_id: str) -> None:
+        """Forget the stream's memory (its stream was deleted); the lock file goes last, outside the lock."""
+        with self._locked(stream_id):
+            for suffix in (".mem", ".size"):
+                (self.root / f"{stream_id}{suffix}").unlink(missing_ok=True)
+        (self.root / f"{stream_id}.lock").unlink(missing_ok=True)
 
 
 def encode_record(record: MemoryRecord) -> bytes:
@@ -197,3 +205,7 @@ class RedisMemoryStore:
                 return True
             except redis.WatchError:
                 return False
+
+    def delete(self, stream_id: str) -> None:
+        """Forget the stream's memory (its stream was deleted)."""
+        self.client.delete(self.prefix + stream_id)

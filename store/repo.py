@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from store.models import (
+    DEFAULT_TENANT,
     ChunkRecord,
     ChunkStatus,
     LeaseState,
@@ -26,26 +27,38 @@ class NotFound(LookupError):
     """A row the caller named does not exist."""
 
 
-def create_stream(session: Session, *, name: str, source_url: str, loop: bool = False) -> Stream:
-    stream = Stream(name=name, source_url=source_url, loop=loop, status=StreamStatus.connecting, stats={})
+def create_stream(
+    session: Session, *, name: str, source_url: str, loop: bool = False, tenant_id: str = DEFAULT_TENANT,
+) -> Stream:
+    stream = Stream(
+        name=name, source_url=source_url, loop=loop, status=StreamStatus.connecting, stats={}, tenant_id=tenant_id
+    )
     session.add(stream)
     session.flush()
     return stream
 
 
-def get_stream(session: Session, stream_id: str) -> Stream:
+def get_stream(session: Session, stream_id: str, *, tenant_id: str | None = None) -> Stream:
+    """The stream; with ``tenant_id`` (every API caller) another tenant's stream is NotFound like a missing one."""
     stream = session.get(Stream, stream_id)
-    if stream is None:
+    if stream is None or (tenant_id is not None and stream.tenant_id != tenant_id):
         raise NotFound(f"stream {stream_id!r} not found")
     return stream
 
 
 def list_streams(
     session: Session, *, active_only: bool = False, status: str | None = None,
-    skip: int = 0, limit: int | None = None,
+    skip: int = 0, limit: int | None = None, tenant_id: str | None = None, include_deleted: bool = True,
 ) -> list[Stream]:
-    """Streams newest first; a page of them when ``limit`` is given."""
+    """Streams newest first (of one tenant when ``tenant_id`` is given); a page of them when ``limit`` is given.
+
+    ``include_deleted=False`` leaves out streams deleted with their history kept (``deleted_at`` set).
+    """
     query = select(Stream).order_by(Stream.created_at.desc(), Stream.id)
+    if tenant_id is not None:
+        query = query.where(Stream.tenant_id == tenant_id)
+    if not include_deleted:
+        query = query.where(Stream.deleted_at.is_(None))
     if active_only:
         query = query.where(Stream.active.is_(True))
     if status is not None:
@@ -55,9 +68,15 @@ def list_streams(
     return list(session.scalars(query))
 
 
-def count_streams(session: Session, *, status: str | None = None) -> int:
-    """How many streams are registered (with ``status``, when given)."""
+def count_streams(
+    session: Session, *, status: str | None = None, tenant_id: str | None = None, include_deleted: bool = True,
+) -> int:
+    """How many streams are registered (with ``status``, of ``tenant_id``, not deleted, when given)."""
     query = select(func.count()).select_from(Stream)
+    if tenant_id is not None:
+        query = query.where(Stream.tenant_id == tenant_id)
+    if not include_deleted:
+        query = query.where(Stream.deleted_at.is_(None))
     if status is not None:
         query = query.where(Stream.status == status)
     return session.scalar(query) or 0
@@ -80,7 +99,7 @@ def set_stream_stats(session: Session, *, stream_id: str, stats: dict[str, Any])
 
 
 # Stream stats that the ingest does not write: chunk rows deleted by retention, by status.
-KEPT_STATS = ("chunks_pruned",)
+KEPT_STATS = ("chunks_pruned", "tokens_pruned")
 
 
 def _lock_stream_stats(session: Session, stream_id: str) -> dict[str, Any]:
@@ -115,13 +134,21 @@ def prune_chunks(session: Session, *, older_than: datetime) -> dict[str, dict[st
         counts.setdefault(stream_id, {})[status] = n
     if not counts:
         return counts
+    token_sums = (select(ChunkRecord.stream_id, func.coalesce(func.sum(ChunkRecord.tokens_in), 0),
+                         func.coalesce(func.sum(ChunkRecord.tokens_out), 0))
+                  .where(*where).group_by(ChunkRecord.stream_id))
+    tokens = {stream_id: (int(n_in), int(n_out)) for stream_id, n_in, n_out in session.execute(token_sums)}
     session.execute(delete(ChunkRecord).where(*where).execution_options(synchronize_session=False))
     for stream_id, pruned in counts.items():
         stats = _lock_stream_stats(session, stream_id)
         tally = dict(stats.get("chunks_pruned") or {})
         for status, n in pruned.items():
             tally[status] = int(tally.get(status, 0)) + n
-        session.execute(update(Stream).where(Stream.id == stream_id).values(stats={**stats, "chunks_pruned": tally}))
+        n_in, n_out = tokens.get(stream_id, (0, 0))  # so that token totals (/metrics) never go down
+        old = stats.get("tokens_pruned") or {}
+        token_tally = {"in": int(old.get("in", 0)) + n_in, "out": int(old.get("out", 0)) + n_out}
+        session.execute(update(Stream).where(Stream.id == stream_id)
+                        .values(stats={**stats, "chunks_pruned": tally, "tokens_pruned": token_tally}))
     return counts
 
 
@@ -147,11 +174,12 @@ def stream_status_counts(session: Session) -> dict[str, int]:
 
 def create_question(
     session: Session, *, stream_id: str, text: str,
-    window_start: float | None = None, window_end: float | None = None,
+    window_start: float | None = None, window_end: float | None = None, tenant_id: str | None = None,
 ) -> Question:
-    get_stream(session, stream_id)
+    """A queued question about a stream (of ``tenant_id`` when given); it carries the stream's tenant."""
+    stream = get_stream(session, stream_id, tenant_id=tenant_id)
     question = Question(
-        stream_id=stream_id, text=text, status=QuestionStatus.queued,
+        stream_id=stream_id, tenant_id=stream.tenant_id, text=text, status=QuestionStatus.queued,
         window_start=window_start, window_end=window_end, timings={},
     )
     session.add(question)
@@ -159,16 +187,19 @@ def create_question(
     return question
 
 
-def get_question(session: Session, question_id: str) -> Question:
+def get_question(session: Session, question_id: str, *, tenant_id: str | None = None) -> Question:
+    """The question; with ``tenant_id`` another tenant's question is NotFound like a missing one."""
     question = session.get(Question, question_id)
-    if question is None:
+    if question is None or (tenant_id is not None and question.tenant_id != tenant_id):
         raise NotFound(f"question {question_id!r} not found")
     return question
 
 
-def list_questions(session: Session, *, stream_id: str, skip: int = 0, limit: int = 50) -> tuple[list[Question], int]:
-    """A page of a stream's questions, newest first, and the total count."""
-    get_stream(session, stream_id)
+def list_questions(
+    session: Session, *, stream_id: str, skip: int = 0, limit: int = 50, tenant_id: str | None = None,
+) -> tuple[list[Question], int]:
+    """A page of a stream's questions (of a stream of ``tenant_id`` when given), newest first, and the total count."""
+    get_stream(session, stream_id, tenant_id=tenant_id)
     where = Question.stream_id == stream_id
     total = session.scalar(select(func.count()).select_from(Question).where(where)) or 0
     query = select(Question).where(where).order_by(Question.created_at.desc(), Question.id).offset(skip).limit(limit)
@@ -320,3 +351,19 @@ def forget_workers(
     if beat_before is not None:
         query = query.where(WorkerBeat.beat_at < beat_before)
     return session.execute(query).rowcount  # type: ignore[attr-defined]
+
+
+def set_media_epoch(session: Session, *, stream_id: str, epoch: datetime) -> None:
+    """Record the wall-clock time of the stream's second 0 (ingest, at each (re)connect)."""
+    session.execute(update(Stream).where(Stream.id == stream_id).values(media_epoch=epoch))
+
+
+def delete_stream_rows(session: Session, *, stream_id: str) -> int:
+    """Delete the stream's row; its questions, chunks, lease and alerts go with it (ON DELETE CASCADE).
+
+    Returns how many questions went. A core DELETE, not ``session.delete``: that would load every
+    question to cascade in Python.
+    """
+    questions = session.scalar(select(func.count()).select_from(Question).where(Question.stream_id == stream_id))
+    session.execute(delete(Stream).where(Stream.id == stream_id).execution_options(synchronize_session=False))
+    return int(questions or 0)

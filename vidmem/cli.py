@@ -1,4 +1,4 @@
-"""The ``vidmem`` command: serve, worker, api, ingest, demo, db, bench, train.
+"""The ``vidmem`` command: serve, worker, api, ingest, demo, db, keys, bench, train.
 
 Each command builds the one Settings object (``VIDMEM_*`` variables) and passes it down.
 """
@@ -24,6 +24,8 @@ train_app = typer.Typer(no_args_is_help=True, help="Train the shipped models and
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
 app.add_typer(train_app, name="train")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: each belongs to a tenant and sees only its rows.")
+app.add_typer(keys_app, name="keys")
 
 log = logging.getLogger("vidmem")
 
@@ -111,6 +113,11 @@ def _api_runtime(host: str | None, port: int | None):  # type: ignore[no-untyped
 
     setup_logging()
     settings = load_settings(api_host=host, api_port=port)
+    try:
+        settings.check_auth_binding()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     runtime = _runtime(settings)
     create_celery(settings)
     return runtime
@@ -170,11 +177,12 @@ def api(host: HostOption = None, port: PortOption = None) -> None:
 def worker(
     loglevel: str = "INFO", hostname: str | None = None,
     log_file: Annotated[Path | None, typer.Option(help="log here, rotated (VIDMEM_LOG_MAX_BYTES)")] = None,
-    queues: Annotated[str, typer.Option(help="work taken: chunks (encoding), questions (answering) or both")] = (
-        "chunks,questions"
-    ),
+    queues: Annotated[str, typer.Option(
+        help="work taken, comma-separated: chunks (encoding), questions (answering), alerts (standing questions "
+        "and their webhooks)"
+    )] = "chunks,questions,alerts",
 ) -> None:
-    """A Celery worker that encodes chunks and answers questions (or only one of them: --queues)."""
+    """A Celery worker that encodes chunks, answers questions and evaluates alerts (or only some: --queues)."""
     from workers.app import create_celery, parse_queues, run_worker
 
     try:
@@ -259,6 +267,71 @@ def db_check() -> None:
     typer.echo("database schema is up to date")
 
 
+def _key_sessions():  # type: ignore[no-untyped-def]
+    """Sessions on the configured database (embedded: migrated first; otherwise it must be at head)."""
+    from store.db import SchemaNotReady, make_session_factory, prepare_database
+
+    settings = load_settings()
+    try:
+        engine = prepare_database(settings.sqlalchemy_url, auto_upgrade=settings.is_embedded_db)
+    except SchemaNotReady as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return make_session_factory(engine)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant whose streams and questions the key reaches")],
+    name: Annotated[str, typer.Option(help="a label to tell keys apart")] = "",
+) -> None:
+    """Make a key and print it once: only its digest is stored, it cannot be shown again."""
+    from store.db import session_scope
+    from store.keys import create_key
+
+    try:
+        with session_scope(_key_sessions()) as session:
+            new = create_key(session, tenant_id=tenant, name=name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"created key {new.row.id} for tenant {tenant!r}; it is shown only this once:", err=True)
+    typer.echo(new.token)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None) -> None:
+    """Key ids, tenants, names and dates; never a secret (the database holds none)."""
+    from store.db import session_scope
+    from store.keys import list_keys
+
+    def when(value: Any) -> str:
+        return value.isoformat(timespec="seconds") if value else "-"
+
+    with session_scope(_key_sessions()) as session:
+        rows = list_keys(session, tenant_id=tenant)
+        typer.echo("id\ttenant\tname\tcreated\tlast used\trevoked")
+        for row in rows:
+            typer.echo("\t".join(
+                [row.id, row.tenant_id, row.name, when(row.created_at), when(row.last_used_at), when(row.revoked_at)]
+            ))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the id shown by `vidmem keys list`")]) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    from store.db import session_scope
+    from store.keys import revoke_key
+    from store.repo import NotFound
+
+    try:
+        with session_scope(_key_sessions()) as session:
+            row = revoke_key(session, key_id)
+    except NotFound as exc:
+        typer.echo(f"error: {exc.args[0]}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"revoked key {row.id} of tenant {row.tenant_id!r}")
+
+
 def _mount(group: typer.Typer, name: str, module: str) -> None:
     """Mount ``module.cli`` as a sub-command if that module exists (benchmarks land one by one)."""
     try:
@@ -277,6 +350,7 @@ BENCHMARKS = {
     "accuracy": "bench.accuracy",
     "stream": "bench.stream",
     "workers": "bench.workers",
+    "api": "bench.api",
 }
 TRAINERS = {"tiny": "bench.train_tiny", "cacovid": "bench.train_cacovid", "vtm": "bench.train_vtm"}
 

@@ -7,8 +7,10 @@ object back into variables so that child processes (the embedded worker) see the
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,8 +102,28 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_token: str | None = Field(None, description="when set, write requests need 'Authorization: Bearer'")
+    auth: Literal["keys", "open"] = Field(
+        "keys", description="'keys': every request for tenant data needs 'Authorization: Bearer <API key>' "
+        "(`vidmem keys create`); 'open': no keys, everything in the default tenant, refused unless api_host is "
+        "a loopback address"
+    )
     question_max_chars: int = 2000
+    answer_tokens_limit: int = Field(
+        512, ge=1, description="the largest max_answer_tokens one question may ask for (its answer's length in tokens)"
+    )
+    long_poll_max_s: float = Field(60.0, gt=0, description="GET /questions/{id}?wait= waits at most this long")
+    events_poll_s: float = Field(
+        0.25, gt=0, description="how often a long-poll or event stream reads the database for changes (the delay "
+        "between a worker's commit and the client seeing it is at most this)"
+    )
+    events_lag_s: float = Field(
+        2.0, ge=0, description="a stream's feed looks this far behind its cursor for changes whose commit was slow"
+    )
+    events_batch: int = Field(200, ge=1, description="rows one feed read takes from each source at most")
+    sse_heartbeat_s: float = Field(15.0, gt=0, description="an idle event stream sends a comment this often")
+    sse_max_s: float = Field(
+        300.0, gt=0, description="an event stream ends after this long; the client reconnects with Last-Event-ID"
+    )
     max_body_bytes: int = Field(65_536, ge=1024, description="request bodies above this get 413")
     max_sdp_body_bytes: int = Field(
         262_144, ge=1024, description="request body limit of WebRTC offers (an SDP offer may be ~200 KB)"
@@ -124,6 +146,22 @@ class Settings(BaseSettings):
     )
     api_pool_size: int = Field(8, ge=1, description="database connections of the API (ingest has its own)")
     api_pool_timeout_s: float = Field(2.0, gt=0, description="an API request waits this long for a connection")
+    snapshot_every: int = Field(
+        1, ge=0, description="distributed mode: every this many applied chunks a stream's memory is copied to the "
+        "database, and restored from there when Redis loses it (the chunks applied after the copy become a "
+        "recorded gap); 0: never (a lost memory starts afresh). Embedded mode keeps memories on disk and never copies"
+    )
+    alerts_max_per_stream: int = Field(
+        16, ge=1, description="standing questions one stream may have (each costs up to one answer per period)"
+    )
+    alert_webhook_attempts: int = Field(
+        6, ge=1, le=30, description="tries of one webhook delivery before it is given up (each recorded)"
+    )
+    alert_webhook_backoff_s: float = Field(
+        2.0, gt=0, description="wait before the second webhook try; doubled after every further failure"
+    )
+    alert_webhook_backoff_max_s: float = Field(600.0, gt=0, description="longest wait between two webhook tries")
+    alert_webhook_timeout_s: float = Field(10.0, gt=0, description="a webhook receiver must answer within this")
 
     @field_validator("data_dir")
     @classmethod
@@ -183,3 +221,22 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def check_auth_binding(self) -> None:
+        """Refuse the open mode (no API keys) unless the API listens on loopback only: checked at start."""
+        if self.auth == "open" and not is_loopback_host(self.api_host):
+            raise ValueError(
+                f"VIDMEM_AUTH=open serves every stream without a key, so it is allowed only on a loopback address "
+                f"(127.0.0.1, ::1, localhost), not on VIDMEM_API_HOST={self.api_host!r}: bind to loopback or use "
+                "API keys (`vidmem keys create --tenant NAME`)"
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    """A literal loopback address or ``localhost``; any other name could resolve to a public address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -16,6 +16,7 @@ from vidmem.settings import Settings
 
 CHUNK_QUEUE = "vidmem.chunks"
 QUESTION_QUEUE = "vidmem.questions"
+ALERT_QUEUE = "vidmem.alerts"  # standing questions and their webhooks (workers.alert_tasks)
 
 
 def broker_options(settings: Settings) -> tuple[str, dict]:
@@ -37,7 +38,7 @@ def broker_options(settings: Settings) -> tuple[str, dict]:
 def create_celery(settings: Settings) -> Celery:
     """A Celery app configured for ``settings``; the settings ride along as ``app.vidmem_settings``."""
     url, transport_options = broker_options(settings)
-    app = Celery("vidmem", broker=url, include=["workers.tasks"])
+    app = Celery("vidmem", broker=url, include=["workers.tasks", "workers.alert_tasks"])
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
@@ -52,6 +53,7 @@ def create_celery(settings: Settings) -> Celery:
         task_routes={
             "vidmem.chunks.*": {"queue": CHUNK_QUEUE},
             "vidmem.questions.*": {"queue": QUESTION_QUEUE},
+            "vidmem.alerts.*": {"queue": ALERT_QUEUE},
         },
         worker_hijack_root_logger=False,
         worker_enable_remote_control=not settings.embedded_broker,
@@ -61,11 +63,13 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-QUEUE_NAMES = {"chunks": CHUNK_QUEUE, "questions": QUESTION_QUEUE}
+QUEUE_NAMES = {"chunks": CHUNK_QUEUE, "questions": QUESTION_QUEUE, "alerts": ALERT_QUEUE}
+DEFAULT_QUEUES = (CHUNK_QUEUE, QUESTION_QUEUE, ALERT_QUEUE)
+"""What a worker takes unless told otherwise (``vidmem worker --queues``), the embedded one included."""
 
 
 def parse_queues(spec: str) -> list[str]:
-    """``chunks,questions`` (or the full queue names) to queue names; unknown names are refused."""
+    """``chunks,questions,alerts`` (or the full queue names) to queue names; unknown names are refused."""
     names = [part.strip() for part in spec.split(",") if part.strip()]
     queues = [QUEUE_NAMES.get(name, name) for name in names]
     unknown = [name for name in queues if name not in QUEUE_NAMES.values()]
@@ -76,7 +80,7 @@ def parse_queues(spec: str) -> list[str]:
 
 def worker_argv(
     settings: Settings, *, loglevel: str = "INFO", hostname: str | None = None,
-    queues: Sequence[str] = (CHUNK_QUEUE, QUESTION_QUEUE),
+    queues: Sequence[str] = DEFAULT_QUEUES,
 ) -> list[str]:
     """Celery's command line: a solo pool, or threads when ``worker_concurrency`` > 1.
 
@@ -95,7 +99,7 @@ def worker_argv(
 
 def run_worker(
     app: Celery, *, loglevel: str = "INFO", hostname: str | None = None,
-    queues: Sequence[str] = (CHUNK_QUEUE, QUESTION_QUEUE),
+    queues: Sequence[str] = DEFAULT_QUEUES,
 ) -> None:
     """Run a worker on ``queues`` in this process until it is told to stop (``worker_argv``).
 

@@ -3,8 +3,9 @@
 Tasks of different streams that run at the same time in a worker (a threads pool) hand their
 clips to one :class:`EncodeBatcher`; its thread encodes up to ``max_batch`` waiting clips in one
 forward pass (:func:`vlm.batch.encode_many`) and hands each task its own block. It waits for more
-clips at most ``wait_s``, and only while some task has said it is on its way (``expecting``):
-a worker that runs one task at a time never waits. Per-stream order is untouched: each task
+clips at most ``wait_s``, and only while some task has said it is on its way (``expecting``; a
+chunk task is, from its claim on: ``workers.tasks.apply_claimed``): a worker that runs one task at
+a time never waits. Per-stream order is untouched: each task
 still applies its own chunk to its own stream; only the encoder's forward pass is shared.
 """
 
@@ -58,6 +59,7 @@ class EncodeBatcher:
         self._lock = threading.Lock()
         self._on_the_way: dict[int, int] = {}  # thread id -> nesting depth of ``expecting``
         self._thread: threading.Thread | None = None
+        self._pending = 0  # clips submitted whose forward pass has not finished
         self.batches: deque[int] = deque(maxlen=1000)  # sizes of the latest forward passes
 
     @contextmanager
@@ -74,6 +76,12 @@ class EncodeBatcher:
                 if depth > 0:
                     self._on_the_way[ident] = depth
 
+    @property
+    def pending(self) -> int:
+        """Clips handed to the batcher whose forward pass has not finished (waiting or running)."""
+        with self._lock:
+            return self._pending
+
     def encode(self, clips: Sequence[Clip]) -> list[Encoded]:
         """Encode ``clips`` (one per stream), batched with whatever other threads are encoding now."""
         if self.max_batch == 1 and len(clips) <= 1:
@@ -85,8 +93,13 @@ class EncodeBatcher:
             futures.append(future)
         with self._lock:
             self._on_the_way.pop(threading.get_ident(), None)  # submitted: no batch waits for this thread now
+            self._pending += len(futures)
             self._start()
-        return [f.result() for f in futures]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            with self._lock:
+                self._pending -= len(futures)
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():

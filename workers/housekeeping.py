@@ -20,6 +20,7 @@ from datetime import timedelta
 from store import repo
 from store.db import session_scope
 from store.models import utcnow
+from workers.alert_schedule import THUMBNAIL_PREFIX
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ def sweep_blobs(rt: Runtime, *, grace_s: float | None = None) -> tuple[int, int]
     expired = rt.blobs.sweep()
     with session_scope(rt.sessions) as session:
         wanted = repo.pending_blob_keys(session)  # read before listing: a newer blob is young, so kept
-    orphans = [key for key, age in rt.blobs.entries() if age > grace and key not in wanted]
+    # alert thumbnails belong to no chunk: they stay until their time-to-live (read by alert evaluations)
+    orphans = [key for key, age in rt.blobs.entries()
+               if age > grace and key not in wanted and not key.startswith(THUMBNAIL_PREFIX)]
     for key in orphans:
         rt.blobs.delete(key)
     return expired, len(orphans)

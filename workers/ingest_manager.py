@@ -16,17 +16,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import func, select
 
-from ingest.entities import Chunk, StatusEvent
+from ingest.entities import Chunk, IngestConfig, StatusEvent
 from ingest.runner import StreamIngest
 from store import repo
 from store.credentials import CredentialsUnavailable, seal_plaintext, unseal
 from store.db import session_scope
-from store.models import ChunkRecord, StreamStatus
+from store.models import ChunkRecord, Stream, StreamStatus
+from workers import latest_frame, stream_settings
 from workers.dispatch import submit_chunk
 from workers.housekeeping import Housekeeper
 from workers.redis_watch import RedisWatch
@@ -47,6 +49,9 @@ class Running:
     ingest: StreamIngest
     seq_base: int  # chunks continue after what is already stored, across service restarts
     time_base: float
+    config: IngestConfig  # the stream's sampling and chunking when started: a change restarts the ingest
+    epoch_due: bool = True  # the next chunk sets streams.media_epoch (first chunk, and after each reconnect)
+    retiring: bool = False  # stopped to restart with new settings: its final status is not the stream's
 
 
 class IngestManager:
@@ -108,7 +113,7 @@ class IngestManager:
         with session_scope(self.runtime.sessions) as session:
             streams = repo.list_streams(session)
             seal_plaintext(streams, self.runtime.settings)  # credentials of rows stored before migration 0002
-            wanted = {s.id: (s, s.loop) for s in streams if s.active and s.status not in DONE_STATUSES}
+            wanted = {s.id: (s, self._config(s)) for s in streams if s.active and s.status not in DONE_STATUSES}
             stopped = [s.id for s in streams if not s.active and s.id in self._running]
             unsettled = [s.id for s in streams
                          if not s.active and s.id not in self._running and s.status not in FINAL_STATUSES]
@@ -118,16 +123,36 @@ class IngestManager:
         for stream_id in stopped:
             self._running.pop(stream_id).ingest.stop()
             self._status(stream_id, StreamStatus.stopped, "stopped by request")
+        self._retire_changed(wanted)
         for stream_id in unsettled:
             self._status(stream_id, StreamStatus.stopped, "stopped by request")
-        for stream_id, (row, loop) in wanted.items():
+        for stream_id, (row, config) in wanted.items():
             if stream_id not in self._running:
                 try:
                     url = unseal(row, self.runtime.settings)  # decrypted only here, for the ingest
                 except CredentialsUnavailable as exc:
                     self._status(stream_id, StreamStatus.failed, str(exc))
                     continue
-                self._start(stream_id, url, loop)
+                self._start(stream_id, url, config)
+
+    def _config(self, stream: Stream) -> IngestConfig:
+        """The stream's ingest configuration: the deployment's, with the stream's own sampling and chunking."""
+        own = stream_settings.effective(self.runtime.settings, stream.settings)
+        return replace(ingest_config(self.runtime.settings, loop=stream.loop), sample_fps=own.sample_fps,
+                       chunk_seconds=own.chunk_seconds, export_motion=own.wants_motion)
+
+    def _retire_changed(self, wanted: dict[str, tuple[Stream, IngestConfig]]) -> None:
+        """Stop the ingests whose stream's settings changed; a later sync, once one has finished, starts it anew.
+
+        Started only after the old one has finished, so that its last chunks are stored before the
+        new ingest reads where chunks resume (seq and time).
+        """
+        for stream_id, (_, config) in wanted.items():
+            running = self._running.get(stream_id)
+            if running is not None and not running.retiring and _restart_key(running.config) != _restart_key(config):
+                log.info("stream %s: settings changed; restarting its ingest", stream_id)
+                running.retiring = True
+                running.ingest.stop()
 
     def write_stats(self, force: bool = False) -> None:
         """Copy each running ingest's counters (frames, drops, reconnects, lag, gaps) to its row."""
@@ -140,14 +165,14 @@ class IngestManager:
             for stream_id, stats in snapshots.items():
                 repo.set_stream_stats(session, stream_id=stream_id, stats=stats)
 
-    def _start(self, stream_id: str, url: str, loop: bool) -> None:
+    def _start(self, stream_id: str, url: str, config: IngestConfig) -> None:
         seq_base, time_base = self._resume_point(stream_id)
         ingest = StreamIngest(
-            stream_id, url, ingest_config(self.runtime.settings, loop=loop),
+            stream_id, url, config,
             on_chunk=lambda chunk: self._on_chunk(stream_id, chunk),
             on_status=lambda event: self._on_status(stream_id, ingest, event),
         )
-        self._running[stream_id] = Running(ingest, seq_base, time_base)
+        self._running[stream_id] = Running(ingest, seq_base, time_base, config)
         ingest.start()
         log.info("stream %s: ingest started (seq from %d)", stream_id, seq_base)
 
@@ -167,6 +192,7 @@ class IngestManager:
         timestamps = np.array([frame.seconds for frame in chunk.frames], dtype=np.float64) + running.time_base
         motions = [frame.motion for frame in chunk.frames]
         motion = np.stack(motions).astype(np.float32) if all(m is not None for m in motions) else None
+        self._note_media(stream_id, running, chunk)
         submit_chunk(
             self.runtime, stream_id=stream_id, seq=running.seq_base + chunk.seq,
             t_start=running.time_base + chunk.t_start, t_end=running.time_base + chunk.t_end,
@@ -185,12 +211,32 @@ class IngestManager:
         At shutdown the stream stays active and its reason says it resumes.
         """
         running = self._running.get(stream_id)
-        if running is None or running.ingest is not ingest:
+        if running is None or running.ingest is not ingest or running.retiring:
             return
+        if str(event.status) == StreamStatus.live:
+            running.epoch_due = True  # a (re)connect anchors the timeline anew
         reason = event.reason
         if self._shutting_down and str(event.status) == StreamStatus.stopped:
             reason = SHUTDOWN_REASON
         self._status(stream_id, event.status, reason, self._stats_of(stream_id, ingest))
+
+    def _note_media(self, stream_id: str, running: Running, chunk: Chunk) -> None:
+        """Keep the chunk's last frame as the stream's latest, and its media epoch when one is due.
+
+        ``media_epoch`` is the wall-clock time of stream second 0: the first frame's arrival minus its
+        stream time, taken at the first chunk of each ingest and after each (re)connect, where the
+        timeline anchors anew (``ingest.timeline``). Neither may hold up the chunk: failures are logged.
+        """
+        try:
+            latest_frame.keep(self.runtime, stream_id, chunk.frames[-1].image)
+            if running.epoch_due:
+                first = chunk.frames[0]
+                epoch = first.wall_time - (running.time_base + first.seconds)
+                with session_scope(self.runtime.sessions) as session:
+                    repo.set_media_epoch(session, stream_id=stream_id, epoch=datetime.fromtimestamp(epoch, UTC))
+                running.epoch_due = False
+        except Exception:
+            log.warning("stream %s: latest frame or media epoch not stored", stream_id, exc_info=True)
 
     def _stats_of(self, stream_id: str, ingest: StreamIngest) -> dict:
         """The ingest's counters plus the chunks that could not be stored (``chunks_lost``, by reason)."""
@@ -204,3 +250,8 @@ class IngestManager:
         """True when the stream's ingest has finished (ended, failed or stopped)."""
         running = self._running.get(stream_id)
         return running is None or not running.ingest.is_alive()
+
+
+def _restart_key(config: IngestConfig) -> tuple[float, float, bool]:
+    """What per-stream settings change in an ingest's configuration (the rest is the deployment's)."""
+    return config.sample_fps, config.chunk_seconds, config.export_motion

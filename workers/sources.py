@@ -16,7 +16,7 @@ from ingest.sources import WEBRTC_PREFIX, redact_text, redact_url
 from ingest.sources import check_source as check_ingest_source
 from store import repo
 from store.credentials import CredentialsUnavailable, seal
-from store.models import Stream
+from store.models import DEFAULT_TENANT, Stream
 from vidmem.settings import Settings
 
 SourceRejected = SourceRefused
@@ -59,8 +59,11 @@ def check_source(source: str, settings: Settings) -> str:
     return check_ingest_source(source, ingest_config(settings)).url
 
 
-def register_stream(session: Session, settings: Settings, *, source: str, name: str | None, loop: bool) -> Stream:
-    """Check ``source`` and add its stream: redacted URL and name in the row, credentials encrypted.
+def register_stream(
+    session: Session, settings: Settings, *, source: str, name: str | None, loop: bool,
+    tenant_id: str = DEFAULT_TENANT,
+) -> Stream:
+    """Check ``source`` and add ``tenant_id``'s stream: redacted URL and name in the row, credentials encrypted.
 
     SourceRejected when the policy refuses it or credentials cannot be encrypted (no key in distributed mode).
     """
@@ -70,6 +73,6 @@ def register_stream(session: Session, settings: Settings, *, source: str, name: 
     except CredentialsUnavailable as exc:
         raise SourceRefused(str(exc)) from None
     shown = (redact_text(name) if name else sealed.display)[:NAME_MAX_CHARS]
-    stream = repo.create_stream(session, name=shown, source_url=sealed.display, loop=loop)
+    stream = repo.create_stream(session, name=shown, source_url=sealed.display, loop=loop, tenant_id=tenant_id)
     stream.source_secret = sealed.secret
     return stream

@@ -43,9 +43,20 @@ def process_chunk(self: Task, stream_id: str, seq: int, token: int | None = None
         log.info("stream %s chunk %d: nothing to do (%s)", stream_id, seq, claim)
         return claim
     try:
-        return _apply(rt, stream_id, claim.seq)
+        return apply_claimed(rt, stream_id, claim.seq)
     finally:
         chain.release_stream(rt, stream_id, claim.token, me)
+
+
+def apply_claimed(rt: Runtime, stream_id: str, seq: int) -> str:
+    """Apply a claimed chunk, on the way to the encoder from the claim on.
+
+    Loading the memory and the frames takes a while; meanwhile a batch another thread of this
+    worker is collecting waits for this chunk (at most ``encode_wait_ms``), so batches fill. With
+    one task at a time (the default solo pool) nothing waits.
+    """
+    with rt.encoder.expecting():
+        return _apply(rt, stream_id, seq)
 
 
 def _apply(rt: Runtime, stream_id: str, seq: int) -> str:

@@ -1,64 +1,33 @@
-"""/metrics: Prometheus text exposition of streams, chunks and questions."""
+"""/metrics: Prometheus exposition (``prometheus_client``) of streams, chunks, questions, queues and alerts.
+
+The figures come from :class:`api.metrics_collector.VidmemCollector`, read from the database and the
+broker at scrape time, so they are right in every process layout.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse, Response
-from sqlalchemy.orm import Session
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.deps import RuntimeDep, SessionDep, SettingsDep
-from store import repo
-from store.models import Stream
-from workers.runtime import Runtime
+from api.deps import RuntimeDep, SessionDep, TenantDep
+from api.metrics_collector import VidmemCollector
 
 router = APIRouter(tags=["metrics"])
 
-INGEST_COUNTERS = (
-    "frames_read", "frames_decoded", "frames_skipped", "frames_sampled", "frames_dropped",
-    "chunks_emitted", "chunks_dropped", "reconnects", "gap_count", "gap_seconds", "lag_seconds",
-    "decode_cpu_seconds", "chunks_lost",
-)
-
-
-def _line(name: str, labels: dict[str, str], value: float) -> str:
-    text = ",".join(f'{key}="{val}"' for key, val in labels.items())
-    return f"vidmem_{name}{{{text}}} {value}"
-
-
 PROMETHEUS_TEXT = {
-    "description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}},
+    "description": "Prometheus text exposition (format 0.0.4)",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
 }
 
 
 # response_class=Response, not PlainTextResponse: that would document the JSON errors as text too
 @router.get("/metrics", response_class=Response, responses={200: PROMETHEUS_TEXT})
-def metrics(session: SessionDep, runtime: RuntimeDep, settings: SettingsDep) -> PlainTextResponse:
-    """Streams by status; per-stream counters, chunk counts, memory size and questions for the newest streams.
-
-    Per-stream series stop at ``VIDMEM_METRICS_MAX_STREAMS`` streams so that a scrape stays small
-    however many streams a deployment registers; ``vidmem_streams`` still counts them all.
+def metrics(session: SessionDep, runtime: RuntimeDep, tenant: TenantDep) -> Response:
+    """Question latency histogram, queue depths, chunks by outcome, tokens before and after compression,
+    reconnects, alert deliveries, streams by status, live workers; per-stream series for the newest
+    ``VIDMEM_METRICS_MAX_STREAMS`` streams. Series about streams and questions are the key's tenant's.
     """
-    by_status = sorted(repo.stream_status_counts(session).items())
-    lines = [_line("streams", {"status": status}, n) for status, n in by_status]
-    streams = repo.list_streams(session, limit=settings.metrics_max_streams)
-    for stream in streams:
-        lines.extend(_stream_lines(session, runtime, stream))
-    counts = repo.question_counts(session, stream_ids=[stream.id for stream in streams])
-    for (stream_id, status), count in sorted(counts.items()):
-        lines.append(_line("questions", {"stream": stream_id, "status": status}, count))
-    return PlainTextResponse("\n".join(lines) + "\n")
-
-
-def _stream_lines(session: Session, runtime: Runtime, stream: Stream) -> list[str]:
-    labels = {"stream": stream.id}
-    lines = [_line("stream_up", {**labels, "status": stream.status}, 1)]
-    for counter in INGEST_COUNTERS:
-        value = (stream.stats or {}).get(counter)
-        if isinstance(value, int | float):
-            lines.append(_line(f"ingest_{counter}", labels, value))
-    for status, count in repo.chunk_counts(session, stream_id=stream.id).items():
-        lines.append(_line("chunks", {**labels, "status": status}, count))
-    size = runtime.memory_store.size(stream.id)
-    lines.append(_line("memory_tokens", labels, size.tokens if size else 0))
-    lines.append(_line("memory_bytes", labels, size.nbytes if size else 0))
-    return lines
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(VidmemCollector(runtime, session, tenant))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import RuntimeDep, Writer
+from api.deps import RuntimeDep, TenantDep
 from ingest.sources import WEBRTC_PREFIX
 from store import repo
 from store.db import session_scope
@@ -48,17 +48,18 @@ class WebRTCAnswer(BaseModel):
 
 
 @router.get("/webcam", response_class=HTMLResponse, include_in_schema=False)
-def webcam_page() -> HTMLResponse:
-    """The page that streams this browser's webcam."""
+def webcam_page(stream: str | None = None, autostart: bool = False) -> HTMLResponse:  # noqa: ARG001
+    """The page that streams this browser's webcam; its script reads ``stream`` (the id to publish as) and
+    ``autostart`` (start without a click) from the address, declared here so that they are known parameters."""
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
 
-@router.post("/streams/{stream_id}/webrtc", dependencies=[Writer])
-async def webrtc_offer(stream_id: str, offer: WebRTCOffer, runtime: RuntimeDep) -> WebRTCAnswer:
+@router.post("/streams/{stream_id}/webrtc")
+async def webrtc_offer(stream_id: str, offer: WebRTCOffer, runtime: RuntimeDep, tenant: TenantDep) -> WebRTCAnswer:
     """Answer a browser's SDP offer; its webcam becomes the stream's video (created if new)."""
     if not _valid_id(stream_id):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"stream id must match {STREAM_ID}")
-    created = await run_in_threadpool(_ensure_webrtc_stream, runtime, stream_id)
+    created = await run_in_threadpool(_ensure_webrtc_stream, runtime, stream_id, tenant)
     try:
         answer = await relay_offer(runtime, stream_id, offer.sdp, offer.type)
     except NoIngest as exc:
@@ -74,16 +75,20 @@ def _valid_id(stream_id: str) -> bool:
     return re.fullmatch(STREAM_ID, stream_id) is not None
 
 
-def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> bool:
-    """Create ``webrtc://<id>`` if new (True); refuse streams with another source or already finished.
+def _ensure_webrtc_stream(runtime: Runtime, stream_id: str, tenant: str) -> bool:
+    """Create ``webrtc://<id>`` for ``tenant`` if new (True); refuse streams with another source or already finished.
+
+    Another tenant's stream at this id is 404, as for any other route (the id stays taken, so that
+    tenant cannot create it either).
 
     Any ``webrtc://`` stream takes offers at its own id, whatever name its URL holds (older versions let
     ``POST /streams`` register ``webrtc://<name>``, which then could be fed only through another stream's path).
     """
     with session_scope(runtime.sessions) as session:
-        try:
-            stream = repo.get_stream(session, stream_id)
-        except NotFound:
+        stream = session.get(Stream, stream_id)
+        if stream is not None and stream.tenant_id != tenant:
+            raise NotFound(f"stream {stream_id!r} not found")
+        if stream is None:
             if repo.count_streams(session) >= runtime.settings.max_streams:
                 raise HTTPException(
                     status.HTTP_409_CONFLICT,
@@ -91,7 +96,7 @@ def _ensure_webrtc_stream(runtime: Runtime, stream_id: str) -> bool:
                     "(VIDMEM_MAX_STREAMS)",
                 ) from None
             session.add(Stream(id=stream_id, name=f"webcam {stream_id}", source_url=f"webrtc://{stream_id}",
-                               status=StreamStatus.connecting, stats={}))
+                               status=StreamStatus.connecting, stats={}, tenant_id=tenant))
             return True
         if not stream.source_url.startswith(WEBRTC_PREFIX):
             raise HTTPException(status.HTTP_409_CONFLICT, f"stream {stream_id!r} is not a WebRTC stream")

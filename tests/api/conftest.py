@@ -4,6 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from tests.api_keys import authorise
 from workers.app import create_celery
 from workers.runtime import Runtime
 
@@ -17,7 +18,9 @@ def runtime(settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def client(runtime):  # type: ignore[no-untyped-def]
+    """A client that sends a valid key of the default tenant (the tenant of rows made through ``store.repo``)."""
     with TestClient(create_app(runtime)) as test_client:
+        authorise(test_client, runtime)
         yield test_client
 
 

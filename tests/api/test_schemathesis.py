@@ -12,6 +12,8 @@ are tested in tests/api/test_hostile_input.py and its offers in tests/ingest/tes
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
@@ -19,6 +21,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from api.main import create_app
+from store import repo
+from store.db import session_scope
+from tests.api_keys import bearer, new_key
 from workers.app import create_celery
 from workers.runtime import Runtime
 
@@ -28,18 +33,33 @@ which no JSON schema says, so some schema-valid requests are rightly refused wit
 
 
 @pytest.fixture
-def api_schema(settings, tmp_path):  # type: ignore[no-untyped-def]
+def schema_runtime(settings, tmp_path) -> Runtime:  # type: ignore[no-untyped-def]
+    settings.file_dir = tmp_path
+    (tmp_path / "0").write_bytes(b"not really a video")
+    settings.worker_dead_after_s = 3600.0  # one heartbeat (below) keeps /readyz ready for the whole run
+    settings.ensure_dirs()
+    create_celery(settings)
+    runtime = Runtime(settings, auto_upgrade=True)
+    with session_scope(runtime.sessions) as session:  # a worker is up: /readyz answers 200, so its 5xx counts
+        repo.beat_worker(session, worker_id="fuzz", hostname="localhost", pid=os.getpid(), queues="chunks")
+    return runtime
+
+
+@pytest.fixture
+def api_key(schema_runtime) -> str:  # type: ignore[no-untyped-def]
+    """Every generated request carries a valid key (the generated ones without it are schemathesis' own)."""
+    return new_key(schema_runtime.sessions)
+
+
+@pytest.fixture
+def api_schema(schema_runtime):  # type: ignore[no-untyped-def]
     """The live app's schema.
 
     A file named "0" (the first source hypothesis tries) makes some generated streams real. The
     stream cap stays at its default, far above what the run creates: a full deployment answers
     409 before it looks at the source, which would hide the source checks from the run.
     """
-    settings.file_dir = tmp_path
-    (tmp_path / "0").write_bytes(b"not really a video")
-    settings.ensure_dirs()
-    create_celery(settings)
-    app = create_app(Runtime(settings, auto_upgrade=True))
+    app = create_app(schema_runtime)
     with TestClient(app):  # runs the app's startup once, as a server would
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
 
@@ -49,5 +69,5 @@ schema = schemathesis.pytest.from_fixture("api_schema").exclude(path_regex="/web
 
 @schema.parametrize()
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-def test_api_when_fuzzed_answers_no_5xx_and_follows_its_schema(case):  # type: ignore[no-untyped-def]
-    case.call_and_validate(excluded_checks=NOT_IN_A_SCHEMA)
+def test_api_when_fuzzed_answers_no_5xx_and_follows_its_schema(case, api_key):  # type: ignore[no-untyped-def]
+    case.call_and_validate(headers=bearer(api_key), excluded_checks=NOT_IN_A_SCHEMA)

@@ -73,9 +73,9 @@ def test_start_stream_when_unknown_returns_404_with_message(client):
     assert response.status_code == 404 and "doesnotexist" in response.json()["detail"]
 
 
-def test_start_and_stop_stream_when_token_missing_return_401_and_change_nothing(client, runtime, stream_id):
+def test_start_and_stop_stream_when_key_missing_return_401_and_change_nothing(client, runtime, stream_id):
     set_status(runtime, stream_id, StreamStatus.stopped, active=False)
-    runtime.settings.api_token = "s3cret"
+    client.headers.pop("Authorization")
 
     start = client.post(f"/streams/{stream_id}/start")
     wrong = client.post(f"/streams/{stream_id}/start", headers={"Authorization": "Bearer nope"})
@@ -85,5 +85,5 @@ def test_start_and_stop_stream_when_token_missing_return_401_and_change_nothing(
 
     for response in (start, wrong, stop):
         assert response.status_code == 401
-        assert response.json()["detail"] == "missing or wrong bearer token"
+        assert response.json()["detail"] == "missing, wrong or revoked API key"
     assert row(runtime, stream_id) == ("live", "as the test left it", True)

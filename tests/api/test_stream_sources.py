@@ -20,6 +20,7 @@ from ingest.destinations import NETWORK_REFUSED
 from store.credentials import KEY_FILE, unseal
 from store.db import session_scope
 from store.models import Stream
+from tests.api_keys import authorise
 from tests.conftest import make_settings
 from tests.ingest.test_destinations import in_loopback_netns
 from workers.app import create_celery
@@ -138,6 +139,7 @@ def backend(request, tmp_path) -> Iterator[tuple[TestClient, Runtime]]:
     create_celery(settings)
     runtime = Runtime(settings, auto_upgrade=True)
     with TestClient(create_app(runtime)) as client:
+        authorise(client, runtime)
         yield client, runtime
 
 
@@ -180,6 +182,7 @@ def test_create_stream_when_distributed_without_key_refuses_credentials_only(tmp
     settings.ensure_dirs()
     runtime = Runtime(settings, auto_upgrade=True)
     with TestClient(create_app(runtime)) as client:
+        authorise(client, runtime)
         refused = client.post("/streams", json={"source": "rtsp://u:pw@127.0.0.1:9/x"})
         assert [row["source_url"] for row in stored_rows(runtime)] == []
         plain = client.post("/streams", json={"source": "rtsp://127.0.0.1:9/x"})

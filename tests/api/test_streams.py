@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import time
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from workers.ingest_manager import IngestManager
 
 
@@ -56,8 +58,8 @@ def test_stream_with_credentials_is_shown_redacted(client):
     assert response.json()["source"] == "rtsp://***@127.0.0.1:8554/cam"
 
 
-def test_delete_stream_stops_it_but_keeps_history(client, stream_id):
-    response = client.delete(f"/streams/{stream_id}")
+def test_stop_stream_stops_it_but_keeps_history(client, stream_id):
+    response = client.post(f"/streams/{stream_id}/stop")
 
     assert response.status_code == 200 and response.json()["active"] is False
     assert client.get(f"/streams/{stream_id}/questions").status_code == 200
@@ -73,9 +75,11 @@ def test_metrics_when_a_stream_has_questions_exposes_its_counts(client, stream_i
 
     text = client.get("/metrics").text
 
-    assert f'vidmem_stream_up{{stream="{stream_id}",status="connecting"}} 1' in text
-    assert f'vidmem_questions{{stream="{stream_id}",status="queued"}} 1' in text
-    assert f'vidmem_chunks{{stream="{stream_id}",status="pending"}} 0' in text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("vidmem_stream_up", (("status", "connecting"), ("stream", stream_id)))] == 1
+    assert samples[("vidmem_questions", (("status", "queued"), ("stream", stream_id)))] == 1
+    assert samples[("vidmem_chunks", (("status", "pending"), ("stream", stream_id)))] == 0
 
 
 def test_stream_when_source_never_answers_becomes_failed_with_reason(client, runtime):

@@ -11,13 +11,11 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from fastapi.testclient import TestClient
 
-from api.main import create_app
 from ingest.webrtc import is_waiting
 from store.db import session_scope
 from store.models import ChunkRecord, Stream, StreamStatus
 from tests.ingest.peers.webcam_track import HalvesTrack
-from workers.app import create_celery
-from workers.ingest_manager import IngestManager
+from tests.workers.cluster import served_client
 from workers.runtime import Runtime
 
 
@@ -40,14 +38,8 @@ class LoopThread:
 @pytest.fixture
 def service(settings) -> Iterator[tuple[TestClient, Runtime]]:  # type: ignore[no-untyped-def]
     """The API and the ingest manager in one process, as ``vidmem serve`` runs them (no worker)."""
-    settings.ensure_dirs()
-    create_celery(settings)
-    runtime = Runtime(settings, auto_upgrade=True)
-    manager = IngestManager(runtime, poll_seconds=0.1)
-    manager.start()
-    with TestClient(create_app(runtime)) as client:
+    with served_client(settings, worker=False) as (client, runtime, _):
         yield client, runtime
-    manager.stop()
 
 
 def _peer() -> RTCPeerConnection:

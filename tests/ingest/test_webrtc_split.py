@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ingest.peers import skip_or_fail
-from tests.ingest.peers.browser import chromium_path, launch_chromium, write_halves_y4m
+from tests.ingest.peers import run_browser_driver
+from tests.ingest.peers.browser import launch_chromium, write_halves_y4m
 from tests.workers.test_redis_restart import PrivateRedis, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,8 @@ def drive(workdir: Path, chunks: int) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         api_port = free_port()
-        env = _env(workdir, redis.port, "api", VIDMEM_API_PORT=str(api_port))
+        # the open mode (no API keys, loopback only): Chromium opens /webcam with no key to send
+        env = _env(workdir, redis.port, "api", VIDMEM_API_PORT=str(api_port), VIDMEM_AUTH="open")
         subprocess.run([sys.executable, "-m", "vidmem", "db", "upgrade"], env=env, cwd=REPO, check=True,
                        capture_output=True)
         procs.append(_start(workdir, env, "api"))
@@ -119,15 +120,8 @@ def drive(workdir: Path, chunks: int) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def split_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The driver's result, run once inside a loopback-only network namespace."""
-    from tests.ingest.test_webrtc import _netns_missing
-
-    missing = ("chromium is missing (Debian: chromium)" if chromium_path() is None else None) or _netns_missing()
-    if missing:
-        skip_or_fail(missing)
     workdir = tmp_path_factory.mktemp("split")
-    command = f"{sys.executable} -m tests.ingest.test_webrtc_split --workdir {workdir}"
-    done = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {command}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=220)
+    done = run_browser_driver("tests.ingest.test_webrtc_split", workdir, timeout=220)
     logs = {name: (workdir / f"{name}.log").read_text()[-1500:] for name in ("api", "ingest")
             if (workdir / f"{name}.log").exists()}
     assert done.returncode == 0, (done.stderr[-3000:], logs)

@@ -13,7 +13,8 @@ from store.models import Base
 def pending_diff(url: str) -> list:
     engine = db.make_engine(url)
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        # full-text search objects are the migrations' alone (store.db.modelled)
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": db.modelled})
         return compare_metadata(context, Base.metadata)
 
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import httpx
 import pytest
@@ -27,9 +26,8 @@ from api.main import create_app
 from store import repo
 from store.db import session_scope
 from store.models import ChunkRecord, QuestionStatus
-from vidmem.processes import WorkerProcess
-from workers.app import create_celery
-from workers.ingest_manager import IngestManager
+from tests.api_keys import bearer, new_key
+from tests.workers.cluster import served, wait_for
 from workers.runtime import Runtime
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -44,12 +42,13 @@ LOAD = textwrap.dedent("""
     import httpx
 
     url, seconds, threads, timeout = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    headers = {"Authorization": f"Bearer {sys.argv[5]}"}
     codes, latencies, errors = {}, [], []
     lock = threading.Lock()
     end = time.monotonic() + seconds
 
     def client():
-        with httpx.Client(timeout=timeout) as http:
+        with httpx.Client(timeout=timeout, headers=headers) as http:
             while time.monotonic() < end:
                 t0 = time.monotonic()
                 try:
@@ -80,39 +79,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float = 120.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
-
-
 @pytest.fixture
 def service(settings):  # type: ignore[no-untyped-def]
     """``vidmem serve`` in parts: API on uvicorn (thread), ingest manager, one worker process."""
     settings = settings.model_copy(update={"api_port": free_port()})
-    settings.ensure_dirs()
-    runtime = Runtime(settings, auto_upgrade=True)
-    create_celery(settings)
-    worker = WorkerProcess(settings)
-    worker.start()
-    manager = IngestManager(runtime, poll_seconds=0.2)
-    manager.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=settings.api_port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=30, every=0.05)
-    try:
-        yield f"http://127.0.0.1:{settings.api_port}", runtime
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        manager.stop()
-        worker.stop()
+    with served(settings, recover=False, poll_seconds=0.2) as (runtime, _):
+        server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=settings.api_port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_for(lambda: server.started, timeout=30, every=0.05)
+        try:
+            yield f"http://127.0.0.1:{settings.api_port}", runtime
+        finally:
+            server.should_exit = True
+            thread.join(15)
 
 
 def seed_history(runtime: Runtime, stream_id: str, count: int = 200) -> None:
@@ -126,18 +107,19 @@ def seed_history(runtime: Runtime, stream_id: str, count: int = 200) -> None:
 def test_history_when_flooded_beside_a_live_stream_loses_no_chunk_and_answers_quickly(service, tmp_path, make_h264):
     base, runtime = service
     video = make_h264(tmp_path / "camera.mp4", seconds=4.0, fps=10)
-    with httpx.Client(base_url=base, timeout=10) as http:
+    key = new_key(runtime.sessions)
+    with httpx.Client(base_url=base, timeout=10, headers=bearer(key)) as http:
         created = http.post("/streams", json={"source": str(video), "loop": True})
         assert created.status_code == 201, created.text
         stream_id = created.json()["id"]
         seed_history(runtime, stream_id)
-        wait_for(lambda: http.get(f"/streams/{stream_id}").json()["chunks"]["applied"] >= 1)
+        wait_for(lambda: http.get(f"/streams/{stream_id}").json()["chunks"]["applied"] >= 1, every=0.2)
         before = http.get(f"/streams/{stream_id}").json()["chunks"]
 
         # when the history is read as fast as the API answers, for 30 s, from another process
         load = subprocess.run(
             [sys.executable, "-c", LOAD, f"{base}/streams/{stream_id}/questions?limit=50", str(LOAD_SECONDS),
-             str(CLIENT_THREADS), str(REQUEST_TIMEOUT_S)],
+             str(CLIENT_THREADS), str(REQUEST_TIMEOUT_S), key],
             capture_output=True, text=True, timeout=LOAD_SECONDS + REQUEST_TIMEOUT_S + 30,
         )
         assert load.returncode == 0, load.stderr[-3000:]
@@ -145,9 +127,9 @@ def test_history_when_flooded_beside_a_live_stream_loses_no_chunk_and_answers_qu
         during = http.get(f"/streams/{stream_id}").json()["chunks"]
 
         # then stop the stream and let the worker finish what is queued
-        assert http.delete(f"/streams/{stream_id}").status_code == 200
+        assert http.post(f"/streams/{stream_id}/stop").status_code == 200
         final = wait_for(lambda: (s := http.get(f"/streams/{stream_id}").json())["status"] == "stopped"
-                         and s["chunks"]["pending"] == 0 and s, timeout=120)
+                         and s["chunks"]["pending"] == 0 and s, timeout=120, every=0.2)
         metrics = http.get("/metrics").text
 
     rate = result["requests"] / result["seconds"]

@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.api_keys import bearer, key_for_settings
 from tests.vidmem.test_serve import free_port, poll
 from vidmem.processes import ServeLock, is_our_worker
+from vidmem.settings import Settings
 from workers.ingest_manager import SHUTDOWN_REASON
 
 pytestmark = pytest.mark.timeout(400)
@@ -70,19 +72,21 @@ def test_serve_after_sigterm_resumes_live_streams_with_memory_and_history_but_no
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     video = make_h264(tmp_path / "clip.mp4", seconds=4.0)
+    key = key_for_settings(Settings(_env_file=None, data_dir=tmp_path / "data"))  # the database serve will use
+    api = httpx.Client(headers=bearer(key))
     first = start_serve(tmp_path, port, "first")
     try:
         wait_healthy(base, first)
-        live_id = httpx.post(f"{base}/streams", json={"source": str(video), "loop": True}).json()["id"]
-        # defect 10: deleted at once, before the manager's next sync could start it
-        quick_id = httpx.post(f"{base}/streams", json={"source": str(video), "loop": True}).json()["id"]
-        deleted = httpx.delete(f"{base}/streams/{quick_id}")
-        quick = poll(lambda: httpx.get(f"{base}/streams/{quick_id}").json(), lambda s: s["status"] == "stopped",
+        live_id = api.post(f"{base}/streams", json={"source": str(video), "loop": True}).json()["id"]
+        # defect 10: stopped at once, before the manager's next sync could start it
+        quick_id = api.post(f"{base}/streams", json={"source": str(video), "loop": True}).json()["id"]
+        deleted = api.post(f"{base}/streams/{quick_id}/stop")
+        quick = poll(lambda: api.get(f"{base}/streams/{quick_id}").json(), lambda s: s["status"] == "stopped",
                      timeout=10)
-        poll(lambda: httpx.get(f"{base}/streams/{live_id}").json(),
+        poll(lambda: api.get(f"{base}/streams/{live_id}").json(),
              lambda s: s["status"] == "live" and s["chunks"]["applied"] >= 1 and s["memory_tokens"] > 0)
-        question_id = httpx.post(f"{base}/streams/{live_id}/questions", json={"text": "What moves?"}).json()["id"]
-        answer = poll(lambda: httpx.get(f"{base}/questions/{question_id}").json(), lambda q: q["status"] == "done")
+        question_id = api.post(f"{base}/streams/{live_id}/questions", json={"text": "What moves?"}).json()["id"]
+        answer = poll(lambda: api.get(f"{base}/questions/{question_id}").json(), lambda q: q["status"] == "done")
     finally:
         first_code = stop(first)
     assert deleted.status_code == 200 and quick["active"] is False and quick["status_reason"] == "stopped by request"
@@ -96,14 +100,14 @@ def test_serve_after_sigterm_resumes_live_streams_with_memory_and_history_but_no
     try:
         wait_healthy(base, second)
         t0 = time.monotonic()
-        resumed = poll(lambda: httpx.get(f"{base}/streams/{live_id}").json(), lambda s: s["status"] == "live",
+        resumed = poll(lambda: api.get(f"{base}/streams/{live_id}").json(), lambda s: s["status"] == "live",
                        timeout=10)
         seconds_to_live = time.monotonic() - t0
-        history = httpx.get(f"{base}/streams/{live_id}/questions").json()
+        history = api.get(f"{base}/streams/{live_id}/questions").json()
         after = poll(lambda: db(tmp_path, "SELECT max(seq) FROM chunks WHERE stream_id = ?", live_id)[0],
                      lambda seq: seq > before, timeout=60)
         time.sleep(1.5)  # more than one manager sync: a stopped stream would have been started by now
-        quick_after = httpx.get(f"{base}/streams/{quick_id}").json()
+        quick_after = api.get(f"{base}/streams/{quick_id}").json()
     finally:
         second_code = stop(second)
 

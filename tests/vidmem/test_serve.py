@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
+from tests.api.test_web_page import free_port, wait_until
+from tests.api_keys import bearer, key_for_settings
+from vidmem.settings import Settings
+
 pytestmark = pytest.mark.timeout(240)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def poll(fetch, done, timeout: float = 150.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = fetch()
-            if done(value):
-                return value
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError("timed out")
+def poll(fetch, done):  # type: ignore[no-untyped-def]
+    """``fetch()`` until ``done`` says yes; the server may not listen yet."""
+    return wait_until(fetch, done, timeout=150.0)
 
 
 def test_serve_when_a_file_stream_is_registered_answers_questions_about_it(tmp_path, make_h264):
@@ -40,21 +28,23 @@ def test_serve_when_a_file_stream_is_registered_answers_questions_about_it(tmp_p
            "VIDMEM_MODEL": "tiny-random", "VIDMEM_FRAME_SIZE": "64", "VIDMEM_MAX_NEW_TOKENS": "4",
            "VIDMEM_FILE_DIR": str(tmp_path)}
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    key = key_for_settings(Settings(_env_file=None, data_dir=tmp_path / "data"))  # the database serve will use
     server = subprocess.Popen([sys.executable, "-m", "vidmem", "serve"], env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=bearer(key))
     try:
-        poll(lambda: httpx.get(f"{base}/health").status_code, lambda code: code == 200)
+        poll(lambda: http.get("/health").status_code, lambda code: code == 200)
         video = make_h264(tmp_path / "clip.mp4", seconds=4.0)
-        stream_id = httpx.post(f"{base}/streams", json={"source": str(video)}).json()["id"]
-        poll(lambda: httpx.get(f"{base}/streams/{stream_id}").json(),
+        stream_id = http.post("/streams", json={"source": str(video)}).json()["id"]
+        poll(lambda: http.get(f"/streams/{stream_id}").json(),
              lambda s: s["status"] == "ended" and s["chunks"]["pending"] == 0 and s["memory_tokens"] > 0)
-        question_id = httpx.post(f"{base}/streams/{stream_id}/questions", json={"text": "What is here?"}).json()["id"]
-        answer = poll(lambda: httpx.get(f"{base}/questions/{question_id}").json(), lambda q: q["status"] == "done")
-        history = httpx.get(f"{base}/streams/{stream_id}/questions").json()
+        question_id = http.post(f"/streams/{stream_id}/questions", json={"text": "What is here?"}).json()["id"]
+        answer = poll(lambda: http.get(f"/questions/{question_id}").json(), lambda q: q["status"] == "done")
+        history = http.get(f"/streams/{stream_id}/questions").json()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         log.close()
+        http.close()
 
     assert answer["answer"] and answer["visual_tokens_before"] > 0
     assert [q["id"] for q in history["data"]] == [question_id]

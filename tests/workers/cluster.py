@@ -2,6 +2,7 @@
 
 Workers are ``python -m vidmem worker`` children started together (not one after the other),
 each with its own data folder (its own copy of the tiny random model) and one torch thread.
+``served``/``served_client`` run ``vidmem serve`` in parts for end-to-end tests elsewhere too.
 """
 
 from __future__ import annotations
@@ -20,16 +21,22 @@ from typing import Any
 import numpy as np
 import redis
 import torch
+from fastapi.testclient import TestClient
 from kombu.simple import SimpleQueue
 
+from api.main import create_app
 from compression.memory import Memory
 from store import repo
 from store.blobs import pack_frames
 from store.db import session_scope
+from tests.api_keys import authorise
 from tests.conftest import need_service
+from vidmem.processes import WorkerProcess
 from vidmem.settings import Settings
 from workers import services
-from workers.app import CHUNK_QUEUE
+from workers.app import CHUNK_QUEUE, create_celery
+from workers.dispatch import recover_unfinished
+from workers.ingest_manager import IngestManager
 from workers.runtime import Runtime
 
 # Fast failure detection for tests: beats every 0.5 s, dead after 3 s, checked every second.
@@ -172,3 +179,35 @@ def queued_chunk_tasks(app: Any) -> list[list[Any]]:
             found.append(list(message.decode()[0]))
             message.ack()
 
+
+
+@contextmanager
+def served(settings: Settings, *, worker: bool = True, recover: bool = True,
+           poll_seconds: float = 0.1) -> Iterator[tuple[Runtime, WorkerProcess | None]]:
+    """``vidmem serve`` less its HTTP server: the runtime, the ingest manager and (``worker``) one real
+    ``vidmem worker`` process on every queue, which recovers unfinished work when restarted (``recover``).
+    """
+    settings.ensure_dirs()
+    create_celery(settings)
+    runtime = Runtime(settings, auto_upgrade=True)
+    process = None
+    if worker:
+        process = WorkerProcess(settings, on_restart=(lambda: recover_unfinished(runtime)) if recover else None)
+        process.start()
+    manager = IngestManager(runtime, poll_seconds=poll_seconds)
+    manager.start()
+    try:
+        yield runtime, process
+    finally:
+        manager.stop()
+        if process is not None:
+            process.stop()
+
+
+@contextmanager
+def served_client(settings: Settings, *, worker: bool = True) -> Iterator[tuple[TestClient, Runtime,
+                                                                                   WorkerProcess | None]]:
+    """``served`` with the API in this process: a client that sends a key of the default tenant."""
+    with served(settings, worker=worker) as (runtime, process), TestClient(create_app(runtime)) as client:
+        authorise(client, runtime)
+        yield client, runtime, process

@@ -14,7 +14,7 @@ from store import repo
 from store.blobs import pack_frames
 from store.db import session_scope
 from vlm.batch import Clip, encode_many
-from workers import services
+from workers import services, tasks
 from workers.batching import EncodeBatcher
 from workers.runtime import Runtime
 
@@ -197,3 +197,38 @@ def test_compress_chunks_when_two_items_share_a_stream_then_refuses_and_encodes_
     with pytest.raises(ValueError, match="at most one chunk per stream"):
         services.compress_chunks(runtime, work)
     assert list(runtime.encoder.batches) == []
+
+
+def test_apply_claimed_when_another_chunk_is_loading_then_the_batch_waits_for_it(settings, tmp_path):
+    # given a worker whose batches wait up to 30 s for tasks on their way, and chunk 0 of stream B held between
+    # its claim and its encode (memory and frames loaded: the test fault point)
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    rt = Runtime(settings.model_copy(update={"encode_batch": 8, "encode_wait_ms": 30_000.0,
+                                             "test_fault_dir": faults}), auto_upgrade=True).for_role("worker")
+    rt.settings.ensure_dirs()
+    (a, _), (b, _) = _stream(rt, "a", 1, seed=20), _stream(rt, "b", 1, seed=21)
+    rt.model  # noqa: B018 - loaded before the clock starts
+    (faults / f"hold-{b}-0").touch()
+    outcome: dict[str, str] = {}
+    run_b = threading.Thread(target=lambda: outcome.update(b=tasks.apply_claimed(rt, b, 0)))
+    run_b.start()
+    wait_until(lambda: (faults / f"holding-{b}-0").exists())
+    # when stream A's chunk reaches the encoder
+    run_a = threading.Thread(target=lambda: outcome.update(a=tasks.apply_claimed(rt, a, 0)))
+    run_a.start()
+    wait_until(lambda: rt.encoder.pending == 1)
+    time.sleep(0.3)
+    # then its forward pass waits for B's chunk, and the two share one
+    assert run_a.is_alive() and list(rt.encoder.batches) == []
+    (faults / f"hold-{b}-0").unlink()
+    run_a.join(60)
+    run_b.join(60)
+    assert outcome == {"a": "applied", "b": "applied"} and list(rt.encoder.batches) == [2]
+
+
+def wait_until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)

@@ -1,7 +1,8 @@
 """Distributed mode: Redis broker and memory store, PostgreSQL, two worker processes.
 
 Whichever worker takes a chunk, each chunk is applied to its stream's memory exactly once and
-in order.
+in order. Redis is a private redis-server (tests/workers/cluster.py), not the machine's shared
+database 15, whose queues other processes' workers could drain.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import time
 
 import pytest
 
-from store import db, repo
+from store import db, repo, snapshots
 from store.db import session_scope
+from tests.workers.cluster import private_redis
 from vidmem.processes import WorkerProcess
 from workers.app import create_celery
 from workers.ingest_manager import IngestManager
@@ -21,12 +23,10 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
-def distributed_settings(settings, postgres_url, redis_client):  # type: ignore[no-untyped-def]
+def distributed_settings(settings, postgres_url, tmp_path):  # type: ignore[no-untyped-def]
     db.upgrade(postgres_url)  # what `vidmem db upgrade` does
-    return settings.model_copy(update={
-        "database_url": postgres_url,
-        "broker_url": "redis://127.0.0.1:6379/15",
-    })
+    with private_redis(tmp_path / "redis") as redis_url:
+        yield settings.model_copy(update={"database_url": postgres_url, "broker_url": redis_url})
 
 
 def test_two_workers_apply_every_chunk_once_in_order(distributed_settings, make_h264, tmp_path):
@@ -59,3 +59,6 @@ def test_two_workers_apply_every_chunk_once_in_order(distributed_settings, make_
     assert counts == {"pending": 0, "applied": 5, "dropped": 0, "failed": 0}
     record = runtime.memory_store.load(stream_id)
     assert record is not None and record.last_seq == 4 and record.version == 5, "each chunk exactly once"
+    with session_scope(runtime.sessions) as session:
+        snapshot = snapshots.load(session, stream_id)
+    assert snapshot == record, "the memory's durable copy is the memory"

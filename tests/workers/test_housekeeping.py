@@ -170,6 +170,8 @@ def test_prune_chunks_when_past_retention_deletes_finished_rows_and_keeps_their_
             chunk = repo.get_chunk(session, stream_id=stream_id, seq=seq)
             chunk.status = status
             chunk.created_at = old if seq != 3 else utcnow()
+            if status == ChunkStatus.applied:
+                chunk.tokens_in, chunk.tokens_out = 10 * (seq + 1), seq + 1
         repo.set_stream_stats(session, stream_id=stream_id, stats={"chunks_emitted": 5})
 
     pruned = housekeeping.prune_chunk_rows(rt)
@@ -181,7 +183,8 @@ def test_prune_chunks_when_past_retention_deletes_finished_rows_and_keeps_their_
     assert chunk_rows(rt, stream_id) == {2: ChunkStatus.pending, 3: ChunkStatus.applied, 4: ChunkStatus.applied}, (
         "pending rows, young rows and the newest row (ingest resumes after it) stay"
     )
-    assert stats == {"chunks_emitted": 6, "chunks_pruned": {"applied": 1, "dropped": 1}}
+    assert stats == {"chunks_emitted": 6, "chunks_pruned": {"applied": 1, "dropped": 1},
+                     "tokens_pruned": {"in": 10, "out": 1}}, "token totals (/metrics) keep the pruned applied row's"
 
 
 def test_prune_chunks_when_retention_is_zero_keeps_everything(runtime, stream_id):

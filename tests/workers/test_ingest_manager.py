@@ -16,6 +16,7 @@ from api.main import create_app
 from ingest.entities import StreamStatus
 from store.db import session_scope
 from store.models import ChunkRecord
+from tests.api_keys import authorise
 from workers.app import create_celery
 from workers.ingest_manager import SHUTDOWN_REASON, IngestManager
 from workers.runtime import Runtime
@@ -33,6 +34,7 @@ def runtime(settings):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def client(runtime):  # type: ignore[no-untyped-def]
     with TestClient(create_app(runtime)) as test_client:
+        authorise(test_client, runtime)
         yield test_client
 
 
@@ -58,7 +60,7 @@ def max_seq(runtime: Runtime, stream_id: str) -> int | None:
 
 def test_sync_when_stream_deleted_before_its_ingest_started_settles_it_stopped(client, runtime, looping_video):
     stream_id = client.post("/streams", json={"source": str(looping_video), "loop": True}).json()["id"]
-    client.delete(f"/streams/{stream_id}")  # before any sync: the manager never ran this stream
+    client.post(f"/streams/{stream_id}/stop")  # before any sync: the manager never ran this stream
     manager = IngestManager(runtime)
 
     manager.sync()
@@ -124,7 +126,7 @@ def test_status_when_old_ingest_reports_after_restart_does_not_overwrite_new_one
     manager.sync()
     old = manager._running[stream_id].ingest
     try:
-        client.delete(f"/streams/{stream_id}")
+        client.post(f"/streams/{stream_id}/stop")
         manager.sync()  # lets go of the old ingest and marks the stream stopped
         assert old.join(10)
         client.post(f"/streams/{stream_id}/start")

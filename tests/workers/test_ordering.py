@@ -35,7 +35,7 @@ from tests.workers.cluster import (
 )
 from vidmem.cli import app as cli
 from workers import chain, services
-from workers.app import CHUNK_QUEUE, QUESTION_QUEUE, create_celery, parse_queues, worker_argv
+from workers.app import ALERT_QUEUE, CHUNK_QUEUE, QUESTION_QUEUE, create_celery, parse_queues, worker_argv
 from workers.dispatch import recover_unfinished, submit_chunk
 from workers.runtime import Runtime
 
@@ -260,8 +260,9 @@ def test_answer_question_delivered_max_attempts_times_fails_with_reason(worker_a
 def test_parse_queues_when_names_are_short_or_full_gives_queue_names():
     assert parse_queues("chunks,questions") == [CHUNK_QUEUE, QUESTION_QUEUE]
     assert parse_queues(f" questions , {QUESTION_QUEUE}") == [QUESTION_QUEUE]
+    assert parse_queues("alerts,chunks") == [ALERT_QUEUE, CHUNK_QUEUE]
     with pytest.raises(ValueError, match="unknown queues"):
-        parse_queues("alerts")
+        parse_queues("alarms")
 
 
 def test_worker_argv_when_concurrency_is_above_one_uses_threads_on_the_given_queues(settings):
@@ -270,16 +271,16 @@ def test_worker_argv_when_concurrency_is_above_one_uses_threads_on_the_given_que
 
     assert "--pool=solo" in solo and "--concurrency=1" in solo and f"--queues={QUESTION_QUEUE}" in solo
     assert "--pool=threads" in threads and "--concurrency=4" in threads
-    assert f"--queues={CHUNK_QUEUE},{QUESTION_QUEUE}" in threads
+    assert f"--queues={CHUNK_QUEUE},{QUESTION_QUEUE},{ALERT_QUEUE}" in threads, "the default takes every queue"
 
 
 def test_worker_command_when_queue_is_unknown_exits_2_naming_the_choices(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDMEM_DATA_DIR", str(tmp_path / "data"))
 
-    result = CliRunner().invoke(cli, ["worker", "--queues", "chunks,alerts"])
+    result = CliRunner().invoke(cli, ["worker", "--queues", "chunks,alarms"])
 
     assert result.exit_code == 2
-    assert "unknown queues ['alerts']" in result.output and "questions" in result.output
+    assert "unknown queues ['alarms']" in result.output and "questions" in result.output
     assert not (tmp_path / "data").exists(), "nothing started"
 
 

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.main import create_app
 from store import repo
 from store.db import session_scope
-from vidmem.processes import WorkerProcess
-from workers.app import create_celery
-from workers.dispatch import recover_unfinished
-from workers.ingest_manager import IngestManager
-from workers.runtime import Runtime
+from tests.workers.cluster import served_client, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,28 +21,8 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, settings_factory):  # type: ignore[no-untyped-def]
     """API client + ingest manager + one real worker process, like ``vidmem serve`` (one per module)."""
-    settings = settings_factory(tmp_path_factory.mktemp("service"))
-    settings.ensure_dirs()
-    runtime = Runtime(settings, auto_upgrade=True)
-    create_celery(settings)
-    worker = WorkerProcess(settings, on_restart=lambda: recover_unfinished(runtime))
-    worker.start()
-    manager = IngestManager(runtime, poll_seconds=0.1)
-    manager.start()
-    with TestClient(create_app(runtime)) as client:
-        yield client, runtime, worker
-    manager.stop()
-    worker.stop()
-
-
-def wait_for(predicate, timeout: float = 120.0, every: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
+    with served_client(settings_factory(tmp_path_factory.mktemp("service"))) as service:
+        yield service
 
 
 def test_file_stream_is_ingested_encoded_compressed_and_answered(service, tmp_path, make_h264):

@@ -1,7 +1,9 @@
 """Redis restarted mid-stream in distributed mode: a private redis-server without persistence, killed and restarted.
 
 Ingest (the manager), a worker process and PostgreSQL keep running; Redis holds the broker's
-queues, the frame blobs and the streams' memory, and loses all of them.
+queues, the frame blobs and the streams' memory, and loses all of them. The memory comes back
+from its snapshot in the database (written with every applied chunk), so only the chunks in
+flight are lost, recorded as a gap.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from store.memory_store import MemoryRecord
 from store.models import ChunkRecord, ChunkStatus
 from vidmem.processes import WorkerProcess
 from workers.app import create_celery
+from workers.chain import memory_invariant_problems
 from workers.dispatch import enqueue_question
 from workers.ingest_manager import IngestManager
 from workers.redis_watch import FRAMES_LOST
@@ -136,7 +139,7 @@ def _memory_or_none(runtime: Runtime, stream_id: str) -> MemoryRecord | None:
         return None
 
 
-def test_redis_restart_when_killed_mid_stream_ingest_and_worker_continue_with_a_gap(
+def test_redis_restart_when_killed_mid_stream_restores_the_memory_and_loses_only_chunks_in_flight(
     settings, postgres_url, make_h264, tmp_path,
 ):
     redis_server = PrivateRedis(tmp_path / "redis")
@@ -164,11 +167,14 @@ def test_redis_restart_when_killed_mid_stream_ingest_and_worker_continue_with_a_
         waiting_id = _queued_question(runtime, stream_id)  # its task waits on the queue behind the held one
         wait_for(lambda: _chunks(runtime, stream_id), lambda rows: sum(r[1] == ChunkStatus.pending for r in rows) >= 2,
                  timeout=30)
+        before = runtime.memory_store.load(stream_id)  # no chunk is applied while the worker holds the question
         # when Redis dies (persistence off: queues, frame blobs and memory go with it) and is back 2 s later
         redis_server.kill()
         in_flight = [seq for seq, status, _ in _chunks(runtime, stream_id) if status == ChunkStatus.pending]
         time.sleep(2.0)
         redis_server.start()
+        # then ingest puts the memory back from its snapshot: everything applied before the chunks in flight
+        restored = wait_for(lambda: _memory_or_none(runtime, stream_id), lambda record: record is not None, 30)
         (faults / f"hold-{question_id}").unlink()  # the worker goes on, on connections made afresh
         # then ingest records new chunks and the worker applies them
         wait_for(lambda: _applied_after(runtime, stream_id, max(in_flight)), lambda applied: len(applied) >= 3,
@@ -180,7 +186,10 @@ def test_redis_restart_when_killed_mid_stream_ingest_and_worker_continue_with_a_
         manager.stop()
         worker.stop()
         record = _memory_or_none(runtime, stream_id)  # read once the worker is done, while Redis still runs
+        problems = memory_invariant_problems(runtime, stream_id) if record is not None else ["no memory"]
         redis_server.stop()
+    assert before is not None and restored == before, "the memory Redis lost came back as it was"
+    assert before.last_seq == min(in_flight) - 1, (before.last_seq, in_flight)  # all but the chunks in flight
     rows = _chunks(runtime, stream_id)
     seqs = [seq for seq, _, _ in rows]
     assert seqs == list(range(len(seqs))), rows  # ingest went on: no seq skipped or reused
@@ -191,15 +200,18 @@ def test_redis_restart_when_killed_mid_stream_ingest_and_worker_continue_with_a_
     assert all(error in (FRAMES_LOST, "frames expired before processing") for error in failed.values()), failed
     assert all(status == ChunkStatus.applied for seq, status, _ in rows if seq < min(in_flight)), rows
     assert len([seq for seq, status, _ in rows if seq > being_stored and status == ChunkStatus.applied]) >= 2
-    # and the stream's counts show it: the chunks the restart lost, and the memory that went with Redis
+    # and the stream's counts show it: the chunks the restart lost, and the memory restored from its snapshot
     with session_scope(runtime.sessions) as session:
         assert repo.chunk_counts(session, stream_id=stream_id)["failed"] == len(failed)
     reasons = _stream_stats(runtime, stream_id)["chunks_lost_reasons"]
-    assert reasons.get("memory_reset") == 1, reasons
+    assert "memory_reset" not in reasons, reasons  # restored, not started afresh
+    assert "memory_rollback" not in reasons, reasons  # a snapshot with every chunk: none applied after it
     # (a chunk the paused worker held may be failed by it first, with its own reason, and is then not counted twice)
     assert sum(e == FRAMES_LOST for e in failed.values()) <= reasons.get("redis_restart", 0) <= len(failed), reasons
-    # and the memory continues from the chunks applied since
+    # and the memory continues from the restored one: applied rows = chunks in memory, gaps recorded
     last_applied = max(seq for seq, status, _ in rows if status == ChunkStatus.applied)
     assert record is not None and record.last_seq == last_applied, (record and record.last_seq, rows)
+    assert record.version == sum(status == ChunkStatus.applied for _, status, _ in rows), (record.version, rows)
+    assert problems == [], problems
     assert question == "done"  # the worker held across the restart finished it on new connections
     assert waiting == "done"  # the question whose task Redis lost was queued again

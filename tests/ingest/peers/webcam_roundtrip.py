@@ -120,8 +120,9 @@ def with_api(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     from workers.runtime import Runtime
 
     use_ice_hosts(("127.0.0.1",))  # the only interface in this namespace
+    # the open mode (no API keys, loopback only): Chromium opens /webcam with no key to send
     settings = Settings(_env_file=None, data_dir=args.workdir / "data", sample_fps=4.0, chunk_seconds=1.0,
-                        frame_size=48, model="tiny-random", max_new_tokens=4)
+                        frame_size=48, model="tiny-random", max_new_tokens=4, auth="open", api_host="127.0.0.1")
     settings.ensure_dirs()
     create_celery(settings)
     runtime = Runtime(settings, auto_upgrade=True)

@@ -1,0 +1,380 @@
+"""API latency under load: queue a question, read a page of history, search history.
+
+    vidmem bench api                      # SQLite and PostgreSQL, 50/100/200 requests/s, 10 s per cell
+    vidmem bench api --quick              # 1,000 stored questions, 4 s per cell
+    python -m bench.api --help
+
+For each database a fresh deployment runs as separate processes on loopback: ``vidmem api``, ``vidmem
+ingest`` with one looping H.264 stream, and ``vidmem worker --queues chunks,alerts`` (the broker and memory
+store are a Redis database that is FLUSHED). The worker does not take questions, so the questions this
+benchmark queues wait in the broker instead of taking the CPU from the API; the stream keeps ingesting, and
+every chunk must be applied (``chunks_lost`` counts pending chunks dropped and chunks failed during the
+run; it must be 0). Before the load, ``stored_questions`` answered questions are inserted directly into the
+database, as the tenant whose key the load generator uses.
+
+The load generator is open-loop: request i is sent at ``start + i / rate`` whether or not earlier ones
+have returned (asyncio, one keep-alive connection pool), and its latency counts from that scheduled time,
+so a server that falls behind shows it (no coordinated omission). Each cell (database, endpoint, rate)
+runs ``warmup_s`` unmeasured, then ``seconds`` measured; reported: p50, p99, max, errors and the rate
+achieved. Target: p99 < 25 ms at 200 requests/s on both databases. The last stdout line is one JSON document;
+``--out`` also writes the JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import typer
+
+log = logging.getLogger(__name__)
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+TENANT = "bench"
+ENDPOINTS = ("post_question", "history", "history_search")
+WORDS = ("red", "blue", "green", "circle", "square", "triangle", "left", "right", "car", "person", "van", "door")
+
+
+@dataclass(frozen=True)
+class ApiBenchConfig:
+    databases: tuple[str, ...] = ("sqlite", "postgres")
+    rates: tuple[int, ...] = (50, 100, 200)
+    endpoints: tuple[str, ...] = ENDPOINTS
+    seconds: float = 10.0
+    warmup_s: float = 2.0
+    stored_questions: int = 10_000
+    page: int = 50
+    search_term: str = "triangle"
+    model: str = "vidmem-tiny"
+    pg_admin_url: str = PG_ADMIN_URL
+    redis_url: str = REDIS_URL
+
+
+@dataclass
+class Cell:
+    database: str
+    endpoint: str
+    rate: int
+    requests: int
+    errors: int
+    achieved_rate: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass
+class Report:
+    config: dict
+    machine: dict
+    cells: list[Cell] = field(default_factory=list)
+    chunks_lost: dict[str, int] = field(default_factory=dict)
+    chunks_applied: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ deployment
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _settings(cfg: ApiBenchConfig, folder: Path, database: str):  # type: ignore[no-untyped-def]
+    from vidmem.settings import Settings
+
+    url = None
+    if database == "postgres":
+        from bench.workers import _create_database
+
+        url = _create_database(cfg.pg_admin_url)
+    return Settings(
+        _env_file=None, data_dir=folder / database, database_url=url, broker_url=cfg.redis_url,
+        model=cfg.model, file_dir=folder, api_port=_free_port(), torch_threads=1,
+    )
+
+
+def _seed_questions(settings, stream_id: str, count: int) -> None:  # type: ignore[no-untyped-def]
+    """``count`` answered questions of the bench tenant, newest last, a minute apart, inserted in bulk."""
+    from sqlalchemy import insert
+
+    from store.db import make_engine
+    from store.models import Question, new_id
+
+    engine = make_engine(settings.sqlalchemy_url)
+    start = datetime.now(UTC) - timedelta(minutes=count)
+    rows = []
+    for i in range(count):
+        a, b, c = WORDS[i % len(WORDS)], WORDS[(i * 7 + 3) % len(WORDS)], WORDS[(i * 5 + 1) % len(WORDS)]
+        created = start + timedelta(minutes=i)
+        rows.append({
+            "id": new_id(), "stream_id": stream_id, "tenant_id": TENANT, "status": "done",
+            "text": f"was there a {a} {b} near the {c} at minute {i}?", "answer": f"yes, a {b} {a}",
+            "created_at": created, "started_at": created, "finished_at": created + timedelta(seconds=1),
+            "timings": {}, "attempts": 1,
+        })
+    with engine.begin() as conn:
+        for first in range(0, count, 1000):
+            conn.execute(insert(Question), rows[first:first + 1000])
+    engine.dispose()
+
+
+def _create_key(settings) -> str:  # type: ignore[no-untyped-def]
+    env = {**os.environ, **settings.to_env()}
+    out = subprocess.run([sys.executable, "-m", "vidmem", "keys", "create", "--tenant", TENANT, "--name", "bench"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"\bvm_[A-Za-z0-9_\-]+", out)
+    if not match:
+        raise RuntimeError(f"no key in the output of 'vidmem keys create': {out!r}")
+    return match.group(0)
+
+
+class Deployment:
+    """``vidmem api``, ``vidmem ingest`` and a chunks-only ``vidmem worker``, logging to data_dir."""
+
+    def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
+        self.settings = settings
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        from vidmem.processes import parent_death_signal
+
+        env = {**os.environ, **self.settings.to_env()}
+        for name, args in (("api", ["api"]), ("ingest", ["ingest"]), ("worker", ["worker", "--queues", "chunks"])):
+            with open(self.settings.data_dir / f"{name}.log", "ab") as log_file:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "vidmem", *args], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                    preexec_fn=parent_death_signal(),  # noqa: PLW1509 - only a prctl call
+                ))
+        self._wait_api(120.0)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    def _wait_api(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a process exited at start; see the logs in {self.settings.data_dir}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"the API did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# ------------------------------------------------------------------------------------------ load
+async def _one(client: httpx.AsyncClient, endpoint: str, stream_id: str, cfg: ApiBenchConfig, i: int) -> bool:
+    if endpoint == "post_question":
+        response = await client.post(f"/streams/{stream_id}/questions", json={"text": f"what moved at {i}?"})
+        return response.status_code == 202
+    params = {"limit": cfg.page}
+    if endpoint == "history_search":
+        params["q"] = cfg.search_term
+    response = await client.get("/questions", params=params)
+    return response.status_code == 200 and len(response.json()["data"]) > 0
+
+
+async def _open_loop(base_url: str, key: str, endpoint: str, stream_id: str, rate: int, seconds: float,
+                     cfg: ApiBenchConfig) -> tuple[list[float], int, float]:
+    """Latencies (s) from each request's scheduled start, the error count and the achieved rate."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
+                                 timeout=30.0) as client:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        total = int(rate * seconds)
+
+        async def fire(i: int) -> None:
+            nonlocal errors
+            scheduled = start + i / rate
+            await asyncio.sleep(max(0.0, scheduled - loop.time()))
+            try:
+                ok = await _one(client, endpoint, stream_id, cfg, i)
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(loop.time() - scheduled)
+            errors += not ok
+
+        await asyncio.gather(*(fire(i) for i in range(total)))
+        elapsed = loop.time() - start
+    return latencies, errors, total / elapsed
+
+
+def measure(base_url: str, key: str, stream_id: str, database: str, endpoint: str, rate: int,
+            cfg: ApiBenchConfig) -> Cell:
+    asyncio.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.warmup_s, cfg))
+    latencies, errors, achieved = asyncio.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.seconds, cfg))
+    ms = sorted(x * 1000 for x in latencies)
+    return Cell(database=database, endpoint=endpoint, rate=rate, requests=len(ms), errors=errors,
+                achieved_rate=round(achieved, 1), p50_ms=round(statistics.median(ms), 2),
+                p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2), max_ms=round(ms[-1], 2))
+
+
+# ------------------------------------------------------------------------------------------ run
+def _chunk_outcomes(settings, stream_id: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(chunks lost, chunks applied): dropped or failed chunk rows plus chunks the ingest never stored."""
+    from store import repo
+    from store.db import make_engine, make_session_factory
+
+    engine = make_engine(settings.sqlalchemy_url)
+    with make_session_factory(engine)() as session:
+        counts = repo.chunk_counts(session, stream_id=stream_id)
+        stats = repo.get_stream(session, stream_id).stats or {}
+    engine.dispose()
+    lost = counts.get("dropped", 0) + counts.get("failed", 0) + int(stats.get("chunks_lost", 0))
+    return lost, counts.get("applied", 0)
+
+
+def run_database(cfg: ApiBenchConfig, database: str, folder: Path, report: Report) -> None:
+    import redis
+
+    from vidmem.demo import make_clip
+
+    redis.Redis.from_url(cfg.redis_url).flushdb()
+    settings = _settings(cfg, folder, database)
+    settings.ensure_dirs()
+    clip, _ = make_clip(folder, seconds=60.0, seed=7)
+    deployment = Deployment(settings)
+    try:
+        deployment.start()
+        key = _create_key(settings)
+        headers = {"Authorization": f"Bearer {key}"}
+        response = httpx.post(f"{deployment.base_url}/streams", headers=headers,
+                              json={"source": clip, "name": "bench", "loop": True}, timeout=30.0)
+        response.raise_for_status()
+        stream_id = response.json()["id"]
+        _seed_questions(settings, stream_id, cfg.stored_questions)
+        log.info("%s: %d questions stored, stream %s ingesting", database, cfg.stored_questions, stream_id)
+        for endpoint in cfg.endpoints:
+            for rate in cfg.rates:
+                cell = measure(deployment.base_url, key, stream_id, database, endpoint, rate, cfg)
+                log.info("%s %s @ %d/s: p50 %.1f ms p99 %.1f ms (%d errors)", database, endpoint, rate,
+                         cell.p50_ms, cell.p99_ms, cell.errors)
+                report.cells.append(cell)
+        lost, applied = _chunk_outcomes(settings, stream_id)
+        report.chunks_lost[database], report.chunks_applied[database] = lost, applied
+    finally:
+        deployment.stop()
+        if settings.database_url:
+            from bench.workers import _drop_database
+
+            _drop_database(cfg.pg_admin_url, settings.database_url)
+
+
+def run(cfg: ApiBenchConfig) -> Report:
+    report = Report(config=asdict(cfg), machine={
+        "cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg(),
+    })
+    with tempfile.TemporaryDirectory(prefix="vidmem-bench-api-") as folder:
+        for database in cfg.databases:
+            run_database(cfg, database, Path(folder), report)
+    return report
+
+
+def show(report: Report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="API latency, open-loop load (target: p99 < 25 ms at 200 requests/s)")
+    for col in ("database", "endpoint", "rate/s", "achieved/s", "requests", "errors", "p50 ms", "p99 ms", "max ms"):
+        table.add_column(col)
+    for c in report.cells:
+        table.add_row(c.database, c.endpoint, str(c.rate), f"{c.achieved_rate:.0f}", str(c.requests), str(c.errors),
+                      f"{c.p50_ms:.1f}", f"{c.p99_ms:.1f}", f"{c.max_ms:.1f}")
+    console = Console(stderr=True, width=140)
+    console.print(table)
+    console.print(f"chunks lost during the run: {report.chunks_lost} (applied: {report.chunks_applied})")
+
+
+def plot(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(report.config["databases"]), figsize=(5 * len(report.config["databases"]), 4),
+                             squeeze=False)
+    for ax, database in zip(axes[0], report.config["databases"], strict=True):
+        for endpoint in report.config["endpoints"]:
+            cells = [c for c in report.cells if c.database == database and c.endpoint == endpoint]
+            ax.plot([c.rate for c in cells], [c.p99_ms for c in cells], marker="o", label=f"{endpoint} p99")
+        ax.axhline(25, color="grey", linestyle="--", label="target p99")
+        ax.set(title=database, xlabel="requests/s", ylabel="ms", yscale="log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def cli(
+    quick: bool = typer.Option(False, help="1,000 stored questions, 4 s per cell"),
+    databases: str = typer.Option("sqlite,postgres", help="comma-separated: sqlite, postgres"),
+    rates: str = typer.Option("50,100,200", help="requests/s, comma-separated"),
+    seconds: float = typer.Option(10.0, min=1.0, help="measured seconds per cell"),
+    stored_questions: int = typer.Option(10_000, min=1),
+    model: str = typer.Option("vidmem-tiny", help="the model the chunk worker loads"),
+    pg_admin_url: str = typer.Option(PG_ADMIN_URL, help="PostgreSQL where a throw-away database is created"),
+    redis_url: str = typer.Option(REDIS_URL, help="Redis database used (and FLUSHED) as broker and store"),
+    out: Path | None = typer.Option(None, help="folder for bench-api.json and bench-api.png"),
+) -> None:
+    """p50/p99 of POST question and GET history (with and without search) at several request rates."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would cost the generator time
+    cfg = ApiBenchConfig(
+        databases=tuple(d.strip() for d in databases.split(",") if d.strip()), rates=_ints(rates),
+        seconds=4.0 if quick else seconds, warmup_s=1.0 if quick else 2.0,
+        stored_questions=1000 if quick else stored_questions, model=model, pg_admin_url=pg_admin_url,
+        redis_url=redis_url,
+    )
+    report = run(cfg)
+    show(report)
+    top = max(cfg.rates)
+    summary = {
+        "machine": report.machine, "config": report.config, "cells": [asdict(c) for c in report.cells],
+        "chunks_lost": report.chunks_lost, "chunks_applied": report.chunks_applied,
+        "max_p99_ms_at_top_rate": max((c.p99_ms for c in report.cells if c.rate == top), default=None),
+        "target_met": all(c.p99_ms < 25 and c.errors == 0 for c in report.cells if c.rate == top)
+        and not any(report.chunks_lost.values()),
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench-api.json").write_text(json.dumps(summary, indent=2))
+        plot(report, out / "bench-api.png")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    typer.run(cli)

@@ -1,0 +1,257 @@
+"""Question history: filters, the database's own full-text search, stable cursor pages, queue state.
+
+Pages are ordered newest first by (created_at, id) and continue strictly after an opaque cursor
+holding the last row's pair, so questions arriving meanwhile (always newer, at the top) never
+shift a later page: no row is repeated or skipped, unlike offsets. ``created_at`` never changes,
+not even on retry (``queued_at`` does).
+
+Search (``q``) takes words, "quoted phrases" and ``or`` between groups, on both databases alike:
+words of a group must all occur (stemmed English: "vans" finds "van"); punctuation is ignored.
+PostgreSQL answers it with ``websearch_to_tsquery`` against a GIN-indexed tsvector, SQLite with
+an FTS5 table kept by triggers (both made by migration 0005).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.db import session_scope
+from store.models import Question, QuestionStatus, utcnow
+from store.repo import get_question
+
+PG_TSVECTOR = "to_tsvector('english'::regconfig, coalesce(questions.text, '') || ' ' || coalesce(questions.answer, ''))"
+"""The indexed expression (migration 0005's GIN index): a query must use it verbatim to use the index."""
+MAX_TERMS = 16
+"""Words and phrases a search may hold: enough for any question, bounded work for the database."""
+
+
+class BadSearch(ValueError):
+    """A search text with nothing to search for, or too much."""
+
+
+class BadCursor(ValueError):
+    """A cursor this API did not make."""
+
+
+class Conflict(RuntimeError):
+    """The question's state does not allow the change (cancel a running one, retry a done one)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a history listing or export selects; always within one tenant."""
+
+    tenant_id: str
+    stream_id: str | None = None
+    statuses: tuple[str, ...] = ()
+    since: datetime | None = None  # created at or after
+    until: datetime | None = None  # created before
+    q: str | None = None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The (created_at, id) of the last row of a page; encoded opaque, so its form may change."""
+
+    created_at: datetime
+    id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.created_at.astimezone(UTC).isoformat(), self.id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, value: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+            created, question_id = json.loads(raw)
+            moment = datetime.fromisoformat(created)
+        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+            raise BadCursor("is not a cursor from this API: pass next_cursor of the previous page as it is") from None
+        if moment.tzinfo is None or not isinstance(question_id, str) or len(question_id) > 64:
+            raise BadCursor("is not a cursor from this API: pass next_cursor of the previous page as it is")
+        return cls(moment.astimezone(UTC), question_id)
+
+
+# --- search ---------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r'"([^"]*)"?|(\S+)')
+
+
+def search_groups(q: str) -> list[list[str]]:
+    """``q`` as OR-groups of AND-ed terms (a term: one word, or several for a phrase); BadSearch if none."""
+    groups: list[list[str]] = [[]]
+    count = 0
+    for phrase, word in _TOKEN.findall(q):
+        if word.lower() == "or" and phrase == "":
+            if groups[-1]:
+                groups.append([])
+            continue
+        words = re.findall(r"\w+", phrase or word)
+        if words:
+            groups[-1].append(" ".join(words))
+            count += 1
+    groups = [g for g in groups if g]
+    if not groups:
+        raise BadSearch("holds no word to search for")
+    if count > MAX_TERMS:
+        raise BadSearch(f"holds {count} words or phrases; at most {MAX_TERMS} are allowed")
+    return groups
+
+
+def _fts5_query(groups: list[list[str]]) -> str:
+    """FTS5 syntax: every term quoted (no operator or column name in the caller's text is ever read)."""
+    return " OR ".join("(" + " AND ".join(f'"{term}"' for term in group) + ")" for group in groups)
+
+
+def _websearch(groups: list[list[str]]) -> str:
+    """The same groups for PostgreSQL's websearch_to_tsquery (words, "phrases", or)."""
+    return " or ".join(" ".join(f'"{term}"' if " " in term else term for term in group) for group in groups)
+
+
+def _matches(session: Session, q: str) -> ColumnElement[bool]:
+    groups = search_groups(q)
+    if session.get_bind().dialect.name == "postgresql":
+        return text(f"{PG_TSVECTOR} @@ websearch_to_tsquery('english'::regconfig, :search_q)").bindparams(
+            search_q=_websearch(groups)
+        )  # type: ignore[return-value]
+    rows = text(
+        "SELECT question_id FROM questions_fts_rows WHERE rowid IN "
+        "(SELECT rowid FROM questions_fts WHERE questions_fts MATCH :search_q)"
+    ).bindparams(search_q=_fts5_query(groups)).columns(question_id=Question.id.type)
+    return Question.id.in_(select(rows.subquery().c.question_id))
+
+
+# --- listing --------------------------------------------------------------------------------------
+
+
+def _where(session: Session, filters: Filters) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = [Question.tenant_id == filters.tenant_id]
+    if filters.stream_id is not None:
+        where.append(Question.stream_id == filters.stream_id)
+    if filters.statuses:
+        where.append(Question.status.in_(filters.statuses))
+    if filters.since is not None:
+        where.append(Question.created_at >= filters.since.astimezone(UTC))
+    if filters.until is not None:
+        where.append(Question.created_at < filters.until.astimezone(UTC))
+    if filters.q:
+        where.append(_matches(session, filters.q))
+    return where
+
+
+def _after(cursor: Cursor) -> ColumnElement[bool]:
+    return or_(Question.created_at < cursor.created_at,
+               and_(Question.created_at == cursor.created_at, Question.id < cursor.id))
+
+
+def page(
+    session: Session, filters: Filters, *, after: Cursor | None = None, limit: int = 50
+) -> tuple[list[Question], Cursor | None]:
+    """Up to ``limit`` questions newest first after ``after``, and the cursor of the next page (None: last)."""
+    where = _where(session, filters)
+    if after is not None:
+        where.append(_after(after))
+    query = select(Question).where(*where).order_by(Question.created_at.desc(), Question.id.desc())
+    rows = list(session.scalars(query.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (Cursor(rows[-1].created_at, rows[-1].id) if more and rows else None)
+
+
+def batches(sessions: sessionmaker[Session], filters: Filters, *, size: int = 500) -> Iterator[list[Question]]:
+    """Every matching question, newest first, in batches each read in its own short session and detached
+    from it, so an export holds no connection while its client downloads."""
+    after: Cursor | None = None
+    while True:
+        with session_scope(sessions) as session:
+            rows, after = page(session, filters, after=after, limit=size)
+            session.expunge_all()
+        yield rows
+        if after is None:
+            return
+
+
+# --- queue state ----------------------------------------------------------------------------------
+
+
+def queue_position(session: Session, question: Question) -> int | None:
+    """Questions queued before this one across the deployment (None unless it is queued)."""
+    if question.status != QuestionStatus.queued:
+        return None
+    earlier = or_(Question.queued_at < question.queued_at,
+                  and_(Question.queued_at == question.queued_at, Question.id < question.id))
+    query = select(func.count()).select_from(Question).where(Question.status == QuestionStatus.queued, earlier)
+    return session.scalar(query) or 0
+
+
+def cancel(session: Session, question_id: str, *, tenant_id: str) -> Question:
+    """A queued question becomes cancelled (a worker that picks it up later skips it); again: no change.
+
+    Conflict for one running or finished. The UPDATE is conditional on ``queued``, so a worker
+    claiming the question at the same moment (its own UPDATE is conditional too) and this cancel
+    cannot both win.
+    """
+    question = get_question(session, question_id, tenant_id=tenant_id)
+    if question.status == QuestionStatus.cancelled:
+        return question
+    now = utcnow()
+    changed = session.execute(
+        update(Question).where(Question.id == question_id, Question.status == QuestionStatus.queued)
+        .values(status=QuestionStatus.cancelled, finished_at=now, error="cancelled before a worker answered it")
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.refresh(question)
+    if not changed and question.status != QuestionStatus.cancelled:
+        raise Conflict(f"question {question_id!r} is {question.status}: only a queued question can be cancelled")
+    return question
+
+
+RETRYABLE = (QuestionStatus.failed, QuestionStatus.cancelled)
+
+
+def retry(session: Session, question_id: str, *, tenant_id: str) -> Question:
+    """A failed or cancelled question is queued again, as asked (its window and overrides); Conflict otherwise.
+
+    Its answer, error, times and attempts are cleared; a relative window is resolved again
+    against the memory of the new answer. ``created_at`` stays: its place in history is kept.
+    """
+    question = get_question(session, question_id, tenant_id=tenant_id)
+    values: dict[str, object] = {
+        "status": QuestionStatus.queued, "queued_at": utcnow(), "started_at": None, "finished_at": None,
+        "answer": None, "error": None, "attempts": 0, "worker_id": None, "covered_start": None,
+        "covered_end": None, "visual_tokens_before": None, "visual_tokens_after": None, "memory_tokens": None,
+        "specs": None, "timings": {},
+    }
+    if question.window_last is not None:
+        values.update(window_start=None, window_end=None)
+    changed = session.execute(
+        update(Question).where(Question.id == question_id, Question.status.in_(RETRYABLE)).values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.refresh(question)
+    if not changed:
+        raise Conflict(f"question {question_id!r} is {question.status}: only a failed or cancelled question "
+                       "can be retried")
+    return question
+
+
+def changed_since(
+    session: Session, *, tenant_id: str, stream_id: str, since: datetime, limit: int
+) -> Sequence[Question]:
+    """A stream's questions changed after ``since``, oldest change first (the stream's event feed)."""
+    query = (
+        select(Question)
+        .where(Question.stream_id == stream_id, Question.tenant_id == tenant_id, Question.updated_at > since)
+        .order_by(Question.updated_at, Question.id).limit(limit)
+    )
+    return list(session.scalars(query))
