@@ -20,14 +20,14 @@ from vidmem.settings import Settings
 from workers.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
@@ -46,7 +46,7 @@ Skip = Annotated[int, Query(ge=0, le=MAX_SKIP, description="items to pass over, 
 """Bounded: an offset past 2**63 is a 500 in SQLite and PostgreSQL alike, and no history is that long."""
 
 
-def refuse_control_in_path(request: Request) -> None:
+async def refuse_control_in_path(request: Request) -> None:
     """Every route: an id with a control character names nothing (404), and a NUL would fail in PostgreSQL."""
     for name, value in request.path_params.items():
         if isinstance(value, str) and any(unicodedata.category(char) == "Cc" for char in value):
@@ -98,6 +98,10 @@ KeyRequired = Depends(get_tenant)
 """For routes that need a valid key but not its tenant (``dependencies=[KeyRequired]``)."""
 
 
+_KNOWN_QUERY: dict[int, set[str]] = {}
+"""The query parameter names of each route's dependant, computed at its first request."""
+
+
 def _query_names(dependant: Any) -> set[str]:
     """The query parameters a route reads, its dependencies' included."""
     names = {param.alias for param in dependant.query_params}
@@ -106,13 +110,15 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-def refuse_unknown_query(request: Request) -> None:
+async def refuse_unknown_query(request: Request) -> None:
     """Every route: a query parameter it does not take is refused (422 naming it), not silently ignored
     (a misspelt filter would otherwise return everything)."""
     route = request.scope.get("route")
     if route is None:
         return
-    known = _query_names(route.dependant)
+    known = _KNOWN_QUERY.get(id(route.dependant))
+    if known is None:
+        known = _KNOWN_QUERY[id(route.dependant)] = _query_names(route.dependant)
     for name in request.query_params:
         if name not in known:
             raise field_error(("query", name), f"is not a parameter of this route (it takes {sorted(known) or 'none'})")

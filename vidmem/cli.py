@@ -136,7 +136,8 @@ def _run_api(runtime) -> None:  # type: ignore[no-untyped-def]
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; turn that into an
     # exception so the caller's clean-up (stopping ingest and the worker) still runs.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port, log_level="info")
+    uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port, log_level="info",
+                access_log=settings.access_log)
 
 
 @app.command()

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     )
 
     api_host: str = "127.0.0.1"
+    access_log: bool = Field(
+        False, description="log a line per HTTP request (uvicorn's access log); off: at hundreds of requests/s the "
+        "lines cost more than the requests"
+    )
     api_port: int = 8000
     auth: Literal["keys", "open"] = Field(
         "keys", description="'keys': every request for tenant data needs 'Authorization: Bearer <API key>' "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from store import db
 from store.models import Base
@@ -47,3 +49,19 @@ def test_prepare_database_when_embedded_upgrades_on_start(tmp_path):
     engine = db.prepare_database(url, auto_upgrade=True)
 
     assert db.current_revision(engine) == db.head_revision()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_every_migration_when_downgraded_to_base_and_upgraded_again_leaves_no_pending_diff(database, tmp_path, request):
+    url = request.getfixturevalue("postgres_url") if database == "postgres" else f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    config = db.alembic_config(url)
+    revisions = [rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()][::-1]
+    db.upgrade(url)
+
+    for previous in reversed(["base", *revisions[:-1]]):  # one step down at a time: each downgrade() runs
+        command.downgrade(config, previous)
+        assert db.current_revision(db.make_engine(url)) == (None if previous == "base" else previous)
+    db.upgrade(url)
+
+    assert db.current_revision(db.make_engine(url)) == db.head_revision()
+    assert pending_diff(url) == [], "a downgrade left something behind that the upgrade did not recreate"
