@@ -17,9 +17,9 @@ from vidmem.settings import Settings
 pytestmark = pytest.mark.timeout(240)
 
 
-def poll(fetch, done):  # type: ignore[no-untyped-def]
+def poll(fetch, done, timeout: float = 150.0):  # type: ignore[no-untyped-def]
     """``fetch()`` until ``done`` says yes; the server may not listen yet."""
-    return wait_until(fetch, done, timeout=150.0)
+    return wait_until(fetch, done, timeout=timeout)
 
 
 def test_serve_when_a_file_stream_is_registered_answers_questions_about_it(tmp_path, make_h264):
