@@ -229,23 +229,28 @@ async def _open_loop(base_url: str, key: str, endpoint: str, stream_id: str, rat
     return latencies, errors, total / elapsed
 
 
-def settle(base_url: str, timeout_s: float = 180.0) -> None:
+def _healthz_s(base_url: str) -> float:
+    start = time.monotonic()
+    try:
+        httpx.get(f"{base_url}/healthz", timeout=30.0)
+    except httpx.HTTPError:
+        return float("inf")
+    return time.monotonic() - start
+
+
+def settle(base_url: str, idle_s: float, timeout_s: float = 120.0) -> None:
     """Wait until the server has worked off what an overloaded cell left (requests its clients gave up on
-    still run), so that the next cell starts on an idle server: three quick ``/healthz`` in a row."""
+    still run), so that the next cell starts on an idle server: three ``/healthz`` in a row within 3x the
+    idle server's time ``idle_s``."""
     deadline, quick = time.monotonic() + timeout_s, 0
     while quick < 3 and time.monotonic() < deadline:
-        start = time.monotonic()
-        try:
-            httpx.get(f"{base_url}/healthz", timeout=30.0)
-        except httpx.HTTPError:
-            pass
-        quick = quick + 1 if time.monotonic() - start < 0.02 else 0
+        quick = quick + 1 if _healthz_s(base_url) < 3 * idle_s else 0
         time.sleep(0.2)
 
 
 def measure(base_url: str, key: str, stream_id: str, database: str, endpoint: str, rate: int,
-            cfg: ApiBenchConfig) -> Cell:
-    settle(base_url)
+            cfg: ApiBenchConfig, idle_s: float) -> Cell:
+    settle(base_url, idle_s)
     asyncio.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.warmup_s, cfg))
     latencies, errors, achieved = asyncio.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.seconds, cfg))
     ms = sorted(x * 1000 for x in latencies)
@@ -289,9 +294,10 @@ def run_database(cfg: ApiBenchConfig, database: str, folder: Path, report: Repor
         stream_id = response.json()["id"]
         _seed_questions(settings, stream_id, cfg.stored_questions)
         log.info("%s: %d questions stored, stream %s ingesting", database, cfg.stored_questions, stream_id)
+        idle_s = statistics.median(_healthz_s(deployment.base_url) for _ in range(9))
         for endpoint in cfg.endpoints:
             for rate in cfg.rates:
-                cell = measure(deployment.base_url, key, stream_id, database, endpoint, rate, cfg)
+                cell = measure(deployment.base_url, key, stream_id, database, endpoint, rate, cfg, idle_s)
                 log.info("%s %s @ %d/s: p50 %.1f ms p99 %.1f ms (%d errors)", database, endpoint, rate,
                          cell.p50_ms, cell.p99_ms, cell.errors)
                 report.cells.append(cell)
