@@ -108,17 +108,7 @@ def short_spec(seed: int, seconds: float, size: int, rng: np.random.Generator) -
 
 
 def long_spec(seed: int, size: int) -> StreamSpec:
-    return StreamSpec(
-        seed=seed,
-        seconds=LONG_STEP_S * LONG_FRAMES,
-        fps=1.0 / LONG_STEP_S,
-        width=size,
-        height=size,
-        gap_s=(15.0, 40.0),
-        life_s=(20.0, 60.0),
-        event_grid_s=LONG_STEP_S,
-        distractors=1,
-    )
+    return memory_spec(seed, LONG_STEP_S * LONG_FRAMES, size)
 
 
 def make_clip(spec: StreamSpec, times: np.ndarray, honest: bool = False, dropout: float = 0.0) -> Clip:
