@@ -73,9 +73,11 @@ class TinyConfig:
     captions: bool = True  # also teacher-force free-text clip descriptions (dense grounding signal)
     caption_weight: float = 0.5  # caption token loss relative to the answer loss
     option_weight: float = 1.0  # cross-entropy over the options' log-likelihoods, beside the full-vocabulary one
-    # the per-token read-outs during question training: 0, because at 0.5 the LLM stayed at chance on 1-frame
-    # "what is in view" for 400 steps, while without them it reached 36-47 % by step 200 (same start, 2026-12-03)
+    # the per-token read-outs during question training. From scratch at 0.5 the LLM stayed at chance on 1-frame
+    # "what is in view" for 400 steps (without them: 36-47 % by step 200); at 0 the tokens forgot their cell (the
+    # cell probe fell from 100 % after the vision pretraining to 5 % at step 1716, chance 3 %): fine-tunes keep it
     grounding_weight: float = 0.0
+    vision_lr_scale: float = 1.0  # the vision tower's and projector's learning rate relative to the LLM's
     vision_steps: int = 500  # pretraining of vision tower + projector on the read-outs alone
     vision_batch: int = 48  # frames per vision pretraining step
     lr: float = 1.5e-3
@@ -88,6 +90,9 @@ class TinyConfig:
     threads: int = 1
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
+    # a fine-tune: start from another run's checkpoint (its weights, vision pretraining done, its training time
+    # counted on) with a fresh optimiser and this config's own schedule; None trains from scratch
+    init_from: str | None = None
     arch: Arch = field(default_factory=lambda: V2)
 
 
@@ -277,6 +282,7 @@ class State:
     resumed_from: int | None = None
     vision_done: bool = False
     probe: dict = field(default_factory=dict)  # linear probes on the frozen visual tokens
+    init: dict = field(default_factory=dict)  # the checkpoint a fine-tune started from: path, step, elapsed
 
 
 def _checkpoint_path(cfg: TinyConfig) -> Path:
@@ -308,8 +314,10 @@ MAY_CHANGE_ON_RESUME = ("out", "work_dir", "max_minutes", "eval_every", "checkpo
 
 
 def _identity(config: dict) -> dict:
-    """The config fields a checkpoint must agree on (run length, output paths and device may change on resume)."""
-    return {k: v for k, v in config.items() if k not in MAY_CHANGE_ON_RESUME}
+    """The config fields a checkpoint must agree on (run length, output paths and device may change on resume);
+    a field added since the checkpoint was written counts at its default."""
+    defaults = json.loads(json.dumps(asdict(TinyConfig())))
+    return {k: config.get(k, default) for k, default in defaults.items() if k not in MAY_CHANGE_ON_RESUME}
 
 
 def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: ignore[no-untyped-def]
@@ -326,6 +334,22 @@ def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: 
     log.info("resumed from %s at step %d", path, ckpt["state"]["step"])
     saved = {k: v for k, v in ckpt["state"].items() if k != "resumed_from"}
     return State(**saved, resumed_from=saved["step"])
+
+
+def init_from_checkpoint(cfg: TinyConfig, model, heads=None) -> State:  # type: ignore[no-untyped-def]
+    """A fine-tune's start: ``cfg.init_from``'s weights (and read-out heads), its vision pretraining and probes
+    kept, its training seconds counted on (the CPU budget is the sum), step 0 of this config's schedule."""
+    ckpt = torch.load(cfg.init_from, weights_only=False, map_location="cpu")
+    model.load_state_dict(ckpt["model"])
+    if heads is not None and ckpt["heads"] is not None:
+        heads.load_state_dict(ckpt["heads"])
+    prior = ckpt["state"]
+    if not prior["vision_done"]:
+        raise typer.BadParameter(f"{cfg.init_from} has not finished its vision pretraining")
+    log.info("fine-tune from %s (step %d, %.0f s of training)", cfg.init_from, prior["step"], prior["elapsed"])
+    return State(elapsed=prior["elapsed"], vision_done=True, probe=prior["probe"],
+                 init={"path": cfg.init_from, "step": prior["step"], "elapsed_s": prior["elapsed"],
+                       "evals": prior["evals"]})
 
 
 def write_curve(folder: Path, state: State) -> None:
@@ -442,8 +466,13 @@ def build(cfg: TinyConfig) -> tuple:  # type: ignore[type-arg]
     model = build_model(cfg.arch, tokenizer, seed=cfg.seed).to(device)
     adapter = adapter_for(model, tokenizer)
     heads = GroundingHeads(cfg.arch.text_hidden, adapter.grid[0] * adapter.grid[1]).to(device)
-    params = list(model.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    groups: list[dict] = [{"params": list(model.parameters()) + list(heads.parameters())}]
+    if cfg.vision_lr_scale != 1.0:  # one group otherwise, as the checkpoints written before this option had
+        vision = {id(p) for m in (model.model.vision_tower, model.model.multi_modal_projector) for p in m.parameters()}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in vision]},
+                  {"params": [p for p in model.parameters() if id(p) in vision] + list(heads.parameters()),
+                   "scale": cfg.vision_lr_scale}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     return tokenizer, model, adapter, heads, opt
 
 
@@ -452,6 +481,8 @@ def run(cfg: TinyConfig, export_only: bool = False) -> dict:
     last step is reached (or ``export_only``), evaluate on the held-out clips and write the model folder."""
     tokenizer, model, adapter, heads, opt = build(cfg)
     state = load_checkpoint(cfg, model, opt, heads)
+    if state.step == 0 and state.resumed_from is None and cfg.init_from:
+        state = init_from_checkpoint(cfg, model, heads)
     if not export_only:
         if not state.vision_done:
             pretrain_vision(cfg, adapter, heads, state)
@@ -519,7 +550,7 @@ def _train_loop(cfg: TinyConfig, adapter, opt, state: State, batches, evalset, h
         while state.step < cfg.steps and run_s < budget_s:
             started = time.perf_counter()
             for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, state.step)
+                group["lr"] = lr_at(cfg, state.step) * group.get("scale", 1.0)
             loss, acc, norm = train_step(adapter, opt, next(batches), cfg, heads)
             state.step += 1
             spent = time.perf_counter() - started
@@ -582,13 +613,24 @@ def cli(
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared, busy CPU)")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = TinyConfig.device,
     seed: Annotated[int, typer.Option(help="init and data seed")] = 0,
+    lr: Annotated[float, typer.Option(help="peak learning rate of the question stage")] = TinyConfig.lr,
+    warmup: Annotated[int, typer.Option(help="warmup steps of the question stage")] = TinyConfig.warmup,
+    curriculum_steps: Annotated[int, typer.Option(help="steps of short clips first (then as many to ramp up)")] = (
+        TinyConfig.curriculum_steps),
+    grounding_weight: Annotated[float, typer.Option(help="weight of the per-token read-outs (cell, colour, shape)")] = (
+        TinyConfig.grounding_weight),
+    vision_lr_scale: Annotated[float, typer.Option(help="vision tower and projector learning rate / the LLM's")] = (
+        TinyConfig.vision_lr_scale),
+    init_from: Annotated[str | None, typer.Option(
+        help="fine-tune: start from this checkpoint.pt's weights with a fresh optimiser and schedule")] = None,
     export: Annotated[bool, typer.Option(help="no training: evaluate the checkpoint and write the folder")] = False,
 ) -> None:
     """Train vidmem-tiny v2 from scratch on generated clips (resumable, chained runs) and write the model folder."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     cfg = TinyConfig(out=out, work_dir=work_dir, steps=steps, max_minutes=max_minutes,
                      clips_per_batch=clips_per_batch, eval_every=eval_every, threads=threads, device=device,
-                     seed=seed)
+                     seed=seed, lr=lr, warmup=warmup, curriculum_steps=curriculum_steps, init_from=init_from,
+                     grounding_weight=grounding_weight, vision_lr_scale=vision_lr_scale)
     result = run(cfg, export_only=export)
     print(json.dumps({k: result[k] for k in ("steps", "train_minutes", "checkpoint", "out")}
                      | {"heldout_accuracy": result["heldout"]["all"]["accuracy"] if result["heldout"] else None,

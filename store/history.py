@@ -28,8 +28,8 @@ from store.db import session_scope
 from store.models import Question, QuestionStatus, utcnow
 from store.repo import get_question
 
-PG_TSVECTOR = "to_tsvector('english'::regconfig, coalesce(questions.text, '') || ' ' || coalesce(questions.answer, ''))"
-"""The indexed expression (migration 0005's GIN index): a query must use it verbatim to use the index."""
+PG_TSVECTOR = "questions.questions_fts_vector"
+"""The stored tsvector of text and answer, GIN-indexed (migration 0009; not in the models, like SQLite's FTS5)."""
 MAX_TERMS = 16
 """Words and phrases a search may hold: enough for any question, bounded work for the database."""
 

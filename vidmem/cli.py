@@ -6,6 +6,7 @@ Each command builds the one Settings object (``VIDMEM_*`` variables) and passes 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -136,8 +137,14 @@ def _run_api(runtime) -> None:  # type: ignore[no-untyped-def]
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; turn that into an
     # exception so the caller's clean-up (stopping ingest and the worker) still runs.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port, log_level="info",
-                access_log=settings.access_log)
+    served = {"host": settings.api_host, "port": settings.api_port, "log_level": "info",
+              "access_log": settings.access_log}
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(runtime), **served)
+        return
+    # several processes: each builds its app from the settings this one passes down in the environment
+    os.environ.update(settings.to_env())
+    uvicorn.run("api.asgi:app", factory=True, workers=settings.api_workers, **served)
 
 
 @app.command()

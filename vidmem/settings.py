@@ -106,6 +106,10 @@ class Settings(BaseSettings):
         "lines cost more than the requests"
     )
     api_port: int = 8000
+    api_workers: int = Field(
+        1, ge=1, le=64, description="API processes sharing the port (uvicorn workers); one process serves about "
+        "100 requests/s a core, so give the API as many as the cores it may use"
+    )
     auth: Literal["keys", "open"] = Field(
         "keys", description="'keys': every request for tenant data needs 'Authorization: Bearer <API key>' "
         "(`vidmem keys create`); 'open': no keys, everything in the default tenant, refused unless api_host is "

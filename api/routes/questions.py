@@ -59,12 +59,13 @@ def ask(
     question.stage2 = _checked_stage2(body.stage2, settings)
     question.llm_budget = body.llm_budget
     question.max_answer_tokens = _checked_answer_tokens(body.max_answer_tokens, settings)
+    session.flush()
+    # read before the commit, which expires the row (reading it after would cost another query)
+    queued = QuestionQueued(id=question.id, status=question.status, stream_id=stream_id,
+                            queue_position=history.queue_position(session, question))
     session.commit()  # commit first: the worker must find the row
-    enqueue_question(question.id)
-    return QuestionQueued(
-        id=question.id, status=question.status, stream_id=stream_id,
-        queue_position=history.queue_position(session, question),
-    )
+    enqueue_question(queued.id)
+    return queued
 
 
 def _checked_text(raw: str, settings: Settings) -> str:

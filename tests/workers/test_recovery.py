@@ -83,6 +83,13 @@ def _new_stream(rt: Runtime, chunks: int) -> str:
     return stream_id
 
 
+def _start_chain(rt: Runtime, stream_id: str) -> None:
+    """Kick the stream's chain, unless the workers' recovery sweep (every second) already did."""
+    if not chain.kick_stream(rt, stream_id):
+        with session_scope(rt.sessions) as session:
+            assert session.get(StreamLease, stream_id).state != LeaseState.idle, "no chain started"
+
+
 def _new_question(rt: Runtime, stream_id: str, text: str = "What is in view?") -> str:
     with session_scope(rt.sessions) as session:
         return repo.create_question(session, stream_id=stream_id, text=text).id
@@ -109,12 +116,15 @@ def _alive(procs) -> list[int]:  # type: ignore[no-untyped-def]
 
 def test_sigkill_workers_holding_a_chunk_and_a_question_others_finish_both_exactly_once(cluster):
     rt, procs, faults = cluster
-    stream_id = _new_stream(rt, 3)
-    question_id = _new_question(rt, stream_id)
+    with session_scope(rt.sessions) as session:
+        stream_id = repo.create_stream(session, name="cam", source_url="rtsp://127.0.0.1/x").id
+        question_id = repo.create_question(session, stream_id=stream_id, text="What is in view?").id
     # given one worker held while it encodes chunk 1 and another while it answers the question
+    # (the holds exist before the chunks: a recovery sweep may start the chain as soon as they do)
     (faults / f"hold-{stream_id}-1").touch()
     (faults / f"hold-{question_id}").touch()
-    assert chain.kick_stream(rt, stream_id)
+    record_chunks(rt, stream_id, chunk_frames(7, 3))
+    _start_chain(rt, stream_id)
     enqueue_question(question_id)
     chunk_pid, question_pid = _held_by(faults, f"{stream_id}-1"), _held_by(faults, question_id)
     with session_scope(rt.sessions) as session:
@@ -155,7 +165,7 @@ def test_sigkill_workers_holding_a_chunk_and_a_question_others_finish_both_exact
 def test_poison_question_that_kills_its_workers_fails_after_max_attempts(cluster):
     rt, procs, faults = cluster
     stream_id = _new_stream(rt, 1)
-    assert chain.kick_stream(rt, stream_id)
+    _start_chain(rt, stream_id)
     question_id = _new_question(rt, stream_id, "poison")
     alive = _alive(procs)
     assert len(alive) >= 3, "the module's workers"
