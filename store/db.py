@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,8 +104,15 @@ def prepare_database(url: str, *, auto_upgrade: bool, **pool: Any) -> Engine:
     """The engine for ``url``, upgraded first when ``auto_upgrade`` (embedded SQLite), else checked."""
     if auto_upgrade:
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        upgrade(url)
+            database = Path(url.removeprefix("sqlite:///"))
+            database.parent.mkdir(parents=True, exist_ok=True)
+            # the processes of one deployment (api, ingest, workers) may start together on a fresh file: one
+            # migrates, the others wait and then find it at head (else: "table ... already exists")
+            with open(database.with_name(database.name + ".migrate-lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                upgrade(url)
+        else:
+            upgrade(url)
     engine = make_engine(url, **pool)
     check_schema(engine)
     return engine

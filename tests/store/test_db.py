@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -65,3 +68,14 @@ def test_every_migration_when_downgraded_to_base_and_upgraded_again_leaves_no_pe
 
     assert db.current_revision(db.make_engine(url)) == db.head_revision()
     assert pending_diff(url) == [], "a downgrade left something behind that the upgrade did not recreate"
+
+
+def test_processes_starting_together_on_a_fresh_sqlite_file_all_find_it_at_head(tmp_path):
+    # given four processes of one embedded deployment (api, ingest, two workers) started at once
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    code = "import sys; from store.db import prepare_database; prepare_database(sys.argv[1], auto_upgrade=True)"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    # then each upgrades or waits for the one that does, and none fails ("table ... already exists")
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert db.current_revision(db.make_engine(url)) == db.head_revision()
