@@ -220,7 +220,8 @@ class QuestionQueued(BaseModel):
     id: str
     status: str
     stream_id: str
-    queue_position: int | None = Field(None, description="questions queued before this one, deployment-wide")
+    queue_position: int | None = Field(
+        None, description="questions queued before this one, deployment-wide, counted up to 1000 (1000: or more)")
 
 
 class QuestionPublic(BaseModel):
@@ -257,7 +258,7 @@ class QuestionPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime | None = None
-    queue_position: int | None = Field(None, description="while queued: questions queued before it")
+    queue_position: int | None = Field(None, description="while queued: questions queued before it (up to 1000)")
 
     @computed_field(description="seconds from queued to finished")  # type: ignore[prop-decorator]
     @property

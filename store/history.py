@@ -184,14 +184,19 @@ def batches(sessions: sessionmaker[Session], filters: Filters, *, size: int = 50
 # --- queue state ----------------------------------------------------------------------------------
 
 
+QUEUE_POSITION_CAP = 1000
+"""Queue positions are counted up to this (it means "this many or more"): every POST reports one, and counting
+a backlog of thousands would cost each request a millisecond of database time per thousand."""
+
+
 def queue_position(session: Session, question: Question) -> int | None:
-    """Questions queued before this one across the deployment (None unless it is queued)."""
+    """Questions queued before this one across the deployment, up to ``QUEUE_POSITION_CAP`` (None unless queued)."""
     if question.status != QuestionStatus.queued:
         return None
     earlier = or_(Question.queued_at < question.queued_at,
                   and_(Question.queued_at == question.queued_at, Question.id < question.id))
-    query = select(func.count()).select_from(Question).where(Question.status == QuestionStatus.queued, earlier)
-    return session.scalar(query) or 0
+    ahead = select(Question.id).where(Question.status == QuestionStatus.queued, earlier).limit(QUEUE_POSITION_CAP)
+    return session.scalar(select(func.count()).select_from(ahead.subquery())) or 0
 
 
 def cancel(session: Session, question_id: str, *, tenant_id: str) -> Question:

@@ -20,7 +20,7 @@ from sqlalchemy import update
 
 import workers.tasks  # noqa: F401 - registers the Celery tasks
 from api import feed
-from store import repo
+from store import history, repo
 from store.blobs import pack_frames
 from store.db import session_scope
 from store.models import Question
@@ -93,6 +93,15 @@ def test_ask_returns_202_with_the_queue_position_across_the_deployment(client, r
 
     assert positions == [0, 1, 2]
     assert client.get(f"/questions/{last_id}").json()["queue_position"] == 1, "the cancelled one is no longer ahead"
+
+
+def test_ask_when_the_backlog_is_longer_than_the_cap_reports_the_cap(client, runtime, monkeypatch):
+    monkeypatch.setattr(history, "QUEUE_POSITION_CAP", 2)  # counting stops there: bounded work per request
+    stream_id = new_stream(runtime)
+
+    positions = [ask(client, stream_id)["queue_position"] for _ in range(4)]
+
+    assert positions == [0, 1, 2, 2]
 
 
 BAD_QUESTIONS = [
