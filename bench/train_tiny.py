@@ -310,7 +310,7 @@ def save_checkpoint(cfg: TinyConfig, model, opt, state: State, heads=None) -> No
 
 # how long a run goes, where it writes and what it runs on may change on resume
 MAY_CHANGE_ON_RESUME = ("out", "work_dir", "max_minutes", "eval_every", "checkpoint_every", "heldout_clips",
-                        "threads", "device")
+                        "threads", "device", "init_from")  # init_from: read at a fine-tune's first step only
 
 
 def _identity(config: dict) -> dict:
