@@ -125,6 +125,27 @@ def test_run_when_resumed_with_another_device_setting_then_continues(tmp_path: P
     assert again["resumed_from"] == 1, "the device is not part of a checkpoint's identity"
 
 
+def test_fine_tune_when_started_from_a_checkpoint_keeps_its_weights_and_time_and_resumes_without_it(tmp_path: Path):
+    # given a first run's checkpoint
+    run(_small_config(tmp_path, steps=2))
+    source = tmp_path / "work" / "checkpoint.pt"
+    first = torch.load(source, weights_only=False, map_location="cpu")
+    # when a fine-tune starts from it (its own schedule, grounding kept, the vision tower slower) for one step
+    tune = _small_config(tmp_path, work_dir=str(tmp_path / "tune"), init_from=str(source), steps=3, lr=1e-4,
+                         grounding_weight=0.5, vision_lr_scale=0.1, max_minutes=1e-6)
+    assert run(tune)["steps"] == 1
+    tuned = torch.load(tmp_path / "tune" / "checkpoint.pt", weights_only=False, map_location="cpu")
+    # then it began at step 0 from those weights (no second vision pretraining) and counts their training time
+    state = tuned["state"]
+    assert state["init"]["step"] == 2 and state["init"]["path"] == str(source) and state["vision_done"]
+    assert state["elapsed"] > first["state"]["elapsed"]
+    assert [g.get("scale", 1.0) for g in tuned["opt"]["param_groups"]] == [1.0, 0.1]
+    # and it resumes from its own checkpoint after the source is gone
+    source.unlink()
+    again = run(dataclasses.replace(tune, max_minutes=10.0, init_from=None))
+    assert again["resumed_from"] == 1 and again["steps"] == 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_run_when_on_cuda_then_trains_and_writes_a_folder_that_loads_on_cpu(tmp_path: Path) -> None:
     result = run(_small_config(tmp_path, steps=2, device="cuda"))
