@@ -93,6 +93,9 @@ class TinyConfig:
     # a fine-tune: start from another run's checkpoint (its weights, vision pretraining done, its training time
     # counted on) with a fresh optimiser and this config's own schedule; None trains from scratch
     init_from: str | None = None
+    # with init_from: False takes only the language model from it and pretrains the vision tower and projector
+    # afresh (with ``vision_lr_scale`` 0 they then stay frozen, as LLaVA's second stage keeps its encoder)
+    init_vision: bool = True
     arch: Arch = field(default_factory=lambda: V2)
 
 
@@ -340,14 +343,20 @@ def init_from_checkpoint(cfg: TinyConfig, model, heads=None) -> State:  # type: 
     """A fine-tune's start: ``cfg.init_from``'s weights (and read-out heads), its vision pretraining and probes
     kept, its training seconds counted on (the CPU budget is the sum), step 0 of this config's schedule."""
     ckpt = torch.load(cfg.init_from, weights_only=False, map_location="cpu")
-    model.load_state_dict(ckpt["model"])
-    if heads is not None and ckpt["heads"] is not None:
-        heads.load_state_dict(ckpt["heads"])
     prior = ckpt["state"]
-    if not prior["vision_done"]:
-        raise typer.BadParameter(f"{cfg.init_from} has not finished its vision pretraining")
+    if cfg.init_vision:
+        model.load_state_dict(ckpt["model"])
+        if heads is not None and ckpt["heads"] is not None:
+            heads.load_state_dict(ckpt["heads"])
+        if not prior["vision_done"]:
+            raise typer.BadParameter(f"{cfg.init_from} has not finished its vision pretraining")
+    else:
+        vision = ("model.vision_tower.", "model.multi_modal_projector.")
+        language = {k: v for k, v in ckpt["model"].items() if not k.startswith(vision)}
+        missing, unexpected = model.load_state_dict(language, strict=False)
+        assert not unexpected and all(k.startswith(vision) for k in missing), (missing, unexpected)
     log.info("fine-tune from %s (step %d, %.0f s of training)", cfg.init_from, prior["step"], prior["elapsed"])
-    return State(elapsed=prior["elapsed"], vision_done=True, probe=prior["probe"],
+    return State(elapsed=prior["elapsed"], vision_done=cfg.init_vision, probe=prior["probe"] if cfg.init_vision else {},
                  init={"path": cfg.init_from, "step": prior["step"], "elapsed_s": prior["elapsed"],
                        "evals": prior["evals"]})
 
@@ -623,6 +632,8 @@ def cli(
         TinyConfig.vision_lr_scale),
     init_from: Annotated[str | None, typer.Option(
         help="fine-tune: start from this checkpoint.pt's weights with a fresh optimiser and schedule")] = None,
+    init_vision: Annotated[bool, typer.Option(
+        help="with --init-from: take its vision tower and projector too (else pretrain them afresh)")] = True,
     export: Annotated[bool, typer.Option(help="no training: evaluate the checkpoint and write the folder")] = False,
 ) -> None:
     """Train vidmem-tiny v2 from scratch on generated clips (resumable, chained runs) and write the model folder."""
@@ -630,7 +641,7 @@ def cli(
     cfg = TinyConfig(out=out, work_dir=work_dir, steps=steps, max_minutes=max_minutes,
                      clips_per_batch=clips_per_batch, eval_every=eval_every, threads=threads, device=device,
                      seed=seed, lr=lr, warmup=warmup, curriculum_steps=curriculum_steps, init_from=init_from,
-                     grounding_weight=grounding_weight, vision_lr_scale=vision_lr_scale)
+                     grounding_weight=grounding_weight, vision_lr_scale=vision_lr_scale, init_vision=init_vision)
     result = run(cfg, export_only=export)
     print(json.dumps({k: result[k] for k in ("steps", "train_minutes", "checkpoint", "out")}
                      | {"heldout_accuracy": result["heldout"]["all"]["accuracy"] if result["heldout"] else None,

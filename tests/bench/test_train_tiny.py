@@ -262,3 +262,18 @@ def test_clip_loss_when_one_question_and_no_captions_then_its_answer_is_still_sc
     got = clip_loss(adapter, one, encode_batch(adapter, [one])[0], with_captions=False)
     assert got.questions == 1 and got.answer_tokens == 2, "the answer token and the end-of-turn token"
     assert float(got.option) > 0 and got.caption_tokens == 0
+
+
+def test_fine_tune_when_vision_is_not_taken_pretrains_it_afresh_and_keeps_it_frozen(tmp_path: Path) -> None:
+    run(_small_config(tmp_path, steps=2))
+    source = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False, map_location="cpu")["model"]
+    tune = _small_config(tmp_path, work_dir=str(tmp_path / "tune"), init_from=str(tmp_path / "work" / "checkpoint.pt"),
+                         init_vision=False, vision_lr_scale=0.0, steps=4, max_minutes=1e-6, seed=1)
+    run(tune)
+    tuned = torch.load(tmp_path / "tune" / "checkpoint.pt", weights_only=False, map_location="cpu")
+    assert tuned["state"]["vision_done"] and tuned["state"]["probe"], "the vision tower was pretrained again"
+    # the language model started from the source; the vision tower from its own pretraining (then frozen)
+    embed = "model.language_model.embed_tokens.weight"
+    patch = "model.vision_tower.embeddings.patch_embedding.weight"
+    assert not torch.equal(tuned["model"][patch], source[patch])
+    assert torch.allclose(tuned["model"][embed], source[embed], atol=0.05)
