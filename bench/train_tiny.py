@@ -77,7 +77,7 @@ class TinyConfig:
     # "what is in view" for 400 steps (without them: 36-47 % by step 200); at 0 the tokens forgot their cell (the
     # cell probe fell from 100 % after the vision pretraining to 5 % at step 1716, chance 3 %): fine-tunes keep it
     grounding_weight: float = 0.0
-    vision_lr_scale: float = 1.0  # the vision tower's and projector's learning rate relative to the LLM's
+    vision_lr_scale: float = 1.0  # the vision tower's learning rate relative to the LLM's and projector's
     vision_steps: int = 500  # pretraining of vision tower + projector on the read-outs alone
     vision_batch: int = 48  # frames per vision pretraining step
     lr: float = 1.5e-3
@@ -94,7 +94,7 @@ class TinyConfig:
     # counted on) with a fresh optimiser and this config's own schedule; None trains from scratch
     init_from: str | None = None
     # with init_from: False takes only the language model from it and pretrains the vision tower and projector
-    # afresh (with ``vision_lr_scale`` 0 they then stay frozen, as LLaVA's second stage keeps its encoder)
+    # afresh (with ``vision_lr_scale`` 0 the tower then stays frozen, as LLaVA's second stage keeps its encoder)
     init_vision: bool = True
     arch: Arch = field(default_factory=lambda: V2)
 
@@ -477,7 +477,7 @@ def build(cfg: TinyConfig) -> tuple:  # type: ignore[type-arg]
     heads = GroundingHeads(cfg.arch.text_hidden, adapter.grid[0] * adapter.grid[1]).to(device)
     groups: list[dict] = [{"params": list(model.parameters()) + list(heads.parameters())}]
     if cfg.vision_lr_scale != 1.0:  # one group otherwise, as the checkpoints written before this option had
-        vision = {id(p) for m in (model.model.vision_tower, model.model.multi_modal_projector) for p in m.parameters()}
+        vision = {id(p) for p in model.model.vision_tower.parameters()}
         groups = [{"params": [p for p in model.parameters() if id(p) not in vision]},
                   {"params": [p for p in model.parameters() if id(p) in vision] + list(heads.parameters()),
                    "scale": cfg.vision_lr_scale}]
@@ -628,7 +628,7 @@ def cli(
         TinyConfig.curriculum_steps),
     grounding_weight: Annotated[float, typer.Option(help="weight of the per-token read-outs (cell, colour, shape)")] = (
         TinyConfig.grounding_weight),
-    vision_lr_scale: Annotated[float, typer.Option(help="vision tower and projector learning rate / the LLM's")] = (
+    vision_lr_scale: Annotated[float, typer.Option(help="the vision tower's learning rate / the LLM's")] = (
         TinyConfig.vision_lr_scale),
     init_from: Annotated[str | None, typer.Option(
         help="fine-tune: start from this checkpoint.pt's weights with a fresh optimiser and schedule")] = None,
