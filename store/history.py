@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import session_scope
@@ -128,7 +128,10 @@ def _matches(session: Session, q: str) -> ColumnElement[bool]:
         "SELECT question_id FROM questions_fts_rows WHERE rowid IN "
         "(SELECT rowid FROM questions_fts WHERE questions_fts MATCH :search_q)"
     ).bindparams(search_q=_fts5_query(groups)).columns(question_id=Question.id.type)
-    return Question.id.in_(select(rows.subquery().c.question_id))
+    # "+id": SQLite's way to keep the id index out of this term, so the page walks the (tenant, created_at) index
+    # newest first and stops at the page's end, probing the matches (built once) instead of fetching and
+    # sorting every match (7-11 ms for a word in a quarter of 10,000 questions)
+    return literal_column("+questions.id").in_(select(rows.subquery().c.question_id))
 
 
 # --- listing --------------------------------------------------------------------------------------
