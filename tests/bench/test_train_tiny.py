@@ -277,3 +277,9 @@ def test_fine_tune_when_vision_is_not_taken_pretrains_it_afresh_and_keeps_it_fro
     patch = "model.vision_tower.embeddings.patch_embedding.weight"
     assert not torch.equal(tuned["model"][patch], source[patch])
     assert torch.allclose(tuned["model"][embed], source[embed], atol=0.05)
+    # and a further step moves the language model but not the frozen tower
+    run(dataclasses.replace(tune, init_from=None))
+    later = torch.load(tmp_path / "tune" / "checkpoint.pt", weights_only=False, map_location="cpu")
+    assert later["state"]["step"] == 2
+    assert torch.equal(later["model"][patch], tuned["model"][patch])
+    assert not torch.equal(later["model"][embed], tuned["model"][embed])
