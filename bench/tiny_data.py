@@ -9,11 +9,8 @@ Seeds: training clips use seeds >= ``TRAIN_SEED_BASE``; held-out sets use seeds 
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
-import signal
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -231,17 +228,6 @@ def batch_plans(
         yield BatchPlan(seeds, "short", frames, t0, size, honest)
 
 
-def _exit_with_trainer(trainer_pid: int) -> None:
-    """The renderer's initializer: the kernel ends it when the trainer dies, even by SIGKILL (an orphaned
-    renderer otherwise keeps a process and some CPU after a run is killed)."""
-    if sys.platform.startswith("linux"):
-        from vidmem.processes import PR_SET_PDEATHSIG
-
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != trainer_pid:  # the trainer died before the call
-        os._exit(1)
-
-
 def rendered(plans: Iterator[BatchPlan], ahead: int = 2) -> Iterator[list[Clip]]:
     """The plans' clips, rendered ``ahead`` batches in advance in one child process.
 
@@ -251,7 +237,10 @@ def rendered(plans: Iterator[BatchPlan], ahead: int = 2) -> Iterator[list[Clip]]
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_trainer,
+    from vidmem.processes import exit_with_parent
+
+    # the renderer dies with the trainer, even a SIGKILLed one (it was left behind, rendering, before)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
         pending = deque(pool.submit(plan.render) for plan in itertools.islice(plans, ahead))
         while pending:

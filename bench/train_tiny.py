@@ -323,6 +323,12 @@ def _identity(config: dict) -> dict:
     return {k: config.get(k, default) for k, default in defaults.items() if k not in MAY_CHANGE_ON_RESUME}
 
 
+def _load_weights(ckpt: dict, model, heads=None) -> None:  # type: ignore[no-untyped-def]
+    model.load_state_dict(ckpt["model"])
+    if heads is not None and ckpt["heads"] is not None:
+        heads.load_state_dict(ckpt["heads"])
+
+
 def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: ignore[no-untyped-def]
     path = _checkpoint_path(cfg)
     if not path.is_file():
@@ -330,9 +336,7 @@ def load_checkpoint(cfg: TinyConfig, model, opt, heads=None) -> State:  # type: 
     ckpt = torch.load(path, weights_only=False, map_location="cpu")  # load_state_dict moves to the model's device
     if _identity(json.loads(ckpt["config"])) != _identity(json.loads(json.dumps(asdict(cfg)))):
         raise typer.BadParameter(f"checkpoint {path} was written with another config; move it away to start afresh")
-    model.load_state_dict(ckpt["model"])
-    if heads is not None and ckpt["heads"] is not None:
-        heads.load_state_dict(ckpt["heads"])
+    _load_weights(ckpt, model, heads)
     opt.load_state_dict(ckpt["opt"])  # moments come back in the parameters' dtype
     log.info("resumed from %s at step %d", path, ckpt["state"]["step"])
     saved = {k: v for k, v in ckpt["state"].items() if k != "resumed_from"}
@@ -345,9 +349,7 @@ def init_from_checkpoint(cfg: TinyConfig, model, heads=None) -> State:  # type: 
     ckpt = torch.load(cfg.init_from, weights_only=False, map_location="cpu")
     prior = ckpt["state"]
     if cfg.init_vision:
-        model.load_state_dict(ckpt["model"])
-        if heads is not None and ckpt["heads"] is not None:
-            heads.load_state_dict(ckpt["heads"])
+        _load_weights(ckpt, model, heads)
         if not prior["vision_done"]:
             raise typer.BadParameter(f"{cfg.init_from} has not finished its vision pretraining")
     else:
@@ -477,6 +479,8 @@ def build(cfg: TinyConfig) -> tuple:  # type: ignore[type-arg]
     heads = GroundingHeads(cfg.arch.text_hidden, adapter.grid[0] * adapter.grid[1]).to(device)
     groups: list[dict] = [{"params": list(model.parameters()) + list(heads.parameters())}]
     if cfg.vision_lr_scale != 1.0:  # one group otherwise, as the checkpoints written before this option had
+        # the read-out heads learn at the tower's rate: with 0 they stay the pretraining's, an anchor that keeps
+        # the projected tokens readable (their cells) while the projector learns with the LLM
         vision = {id(p) for p in model.model.vision_tower.parameters()}
         groups = [{"params": [p for p in model.parameters() if id(p) not in vision]},
                   {"params": [p for p in model.parameters() if id(p) in vision] + list(heads.parameters()),
@@ -490,7 +494,7 @@ def run(cfg: TinyConfig, export_only: bool = False) -> dict:
     last step is reached (or ``export_only``), evaluate on the held-out clips and write the model folder."""
     tokenizer, model, adapter, heads, opt = build(cfg)
     state = load_checkpoint(cfg, model, opt, heads)
-    if state.step == 0 and state.resumed_from is None and cfg.init_from:
+    if state.resumed_from is None and cfg.init_from:  # no checkpoint of its own yet: the fine-tune starts
         state = init_from_checkpoint(cfg, model, heads)
     if not export_only:
         if not state.vision_done:

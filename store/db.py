@@ -100,18 +100,25 @@ def check_schema(engine: Engine) -> None:
         )
 
 
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """Held while an embedded SQLite file is migrated: the processes of one deployment (api, ingest, workers)
+    may start together on a fresh file; one migrates, the others wait and then find it at head (without the
+    lock: "table ... already exists"). Other URLs need none (PostgreSQL is migrated by `vidmem db upgrade`)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(url.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".migrate-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def prepare_database(url: str, *, auto_upgrade: bool, **pool: Any) -> Engine:
     """The engine for ``url``, upgraded first when ``auto_upgrade`` (embedded SQLite), else checked."""
     if auto_upgrade:
-        if url.startswith("sqlite:///"):
-            database = Path(url.removeprefix("sqlite:///"))
-            database.parent.mkdir(parents=True, exist_ok=True)
-            # the processes of one deployment (api, ingest, workers) may start together on a fresh file: one
-            # migrates, the others wait and then find it at head (else: "table ... already exists")
-            with open(database.with_name(database.name + ".migrate-lock"), "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                upgrade(url)
-        else:
+        with _migration_lock(url):
             upgrade(url)
     engine = make_engine(url, **pool)
     check_schema(engine)
@@ -126,7 +133,7 @@ column and its GIN index)."""
 def modelled(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
     """Alembic ``include_name``: autogenerate compares everything but the full-text search objects.
 
-    They are database-specific (an FTS5 virtual table and its shadow tables, an expression index),
-    so the models cannot describe them; migration 0005 creates them and its tests check them.
+    They are database-specific (an FTS5 virtual table and its shadow tables; a generated tsvector column
+    and its GIN index), so the models cannot describe them; migrations 0005 and 0009 create them.
     """
     return not (type_ in ("table", "index", "column") and name is not None and name.startswith(MODEL_LESS_PREFIX))

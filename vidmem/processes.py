@@ -57,6 +57,16 @@ def parent_death_signal(signum: int = signal.SIGTERM) -> Callable[[], None] | No
     return set_signal
 
 
+def exit_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
+    """For a Python child started by spawn (a pool initializer): the kernel sends ``signum`` to it when
+    ``parent_pid`` dies, even by SIGKILL; a parent that died already makes it exit at once. (After exec the
+    child may import and allocate, unlike ``parent_death_signal``'s fork-time hook.)"""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 class ServeLock:
     """One ``vidmem serve`` per data directory; a worker left behind by a killed one is reaped.
 
