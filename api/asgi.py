@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api.main import create_app
+from api.main import create_app, freeze_startup_heap
 from vidmem.settings import Settings
 from workers.app import create_celery
 from workers.runtime import Runtime
@@ -18,4 +18,6 @@ def app() -> FastAPI:
     """uvicorn's factory (``api.asgi:app``, ``factory=True``): called once in every worker process."""
     settings = Settings()
     create_celery(settings)
-    return create_app(Runtime(settings, auto_upgrade=False))
+    app = create_app(Runtime(settings, auto_upgrade=False))
+    freeze_startup_heap()
+    return app

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -18,6 +19,8 @@ from store.models import DEFAULT_TENANT
 from store.repo import NotFound
 from vidmem.settings import Settings
 from workers.runtime import Runtime
+
+T = TypeVar("T")
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -41,6 +44,23 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+async def in_session(runtime: Runtime, work: Callable[[Session], T]) -> T:
+    """``work(session)`` in a short session of its own, committed when it returns, in one thread-pool hop.
+
+    The routes called hundreds of times a second (ask, history) use this instead of ``SessionDep``
+    and a sync body: FastAPI runs a sync generator dependency's enter and exit, a sync route and its
+    response's validation each in a thread-pool hop of its own, and under load the hand-offs between
+    the event loop and the pool threads cost more CPU than the route's queries. Long waits use it
+    too, so that no pooled connection is held while they sleep.
+    """
+
+    def run() -> T:
+        with session_scope(runtime.sessions) as session:
+            return work(session)
+
+    return await run_in_threadpool(run)
 
 Skip = Annotated[int, Query(ge=0, le=MAX_SKIP, description="items to pass over, newest first")]
 """Bounded: an offset past 2**63 is a 500 in SQLite and PostgreSQL alike, and no history is that long."""

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from api import sse
 from api.alert_schemas import EventPublic
+from api.deps import in_session
 from api.schemas import QuestionPublic
 from store import alerts as alerts_store
 from store import history
@@ -107,7 +108,7 @@ async def stream_feed(
     yield sse.event(None, retry=sse.RETRY_MS) + sse.comment("feed")
     while True:
         query = FeedQuery(tenant_id, stream_id, cursor - lag, settings.events_batch)
-        for item in await sse.in_session(runtime, lambda s, q=query: collect(s, q, sources)):
+        for item in await in_session(runtime, lambda s, q=query: collect(s, q, sources)):
             if item.key in seen:
                 continue
             seen[item.key], cursor = item.at, max(cursor, item.at)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import Depends, FastAPI
 
 from api.deps import refuse_control_in_path, refuse_unknown_query
@@ -50,3 +52,17 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive now out of the garbage collector's sight; call once the app is built, in a
+    serving process only.
+
+    The API process imports torch and transformers' configs (the compression registry and the model's
+    settings): about 300,000 long-lived objects, which every full collection walked, a 170 ms stall
+    every few hundred requests (the p99 of a 30 requests/s load). Frozen, they are still freed by
+    reference counting; only a cycle among them would stay, and they live as long as the process.
+    """
+    gc.collect()
+    gc.freeze()
+

@@ -13,18 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
-
-from store.db import session_scope
-from workers.runtime import Runtime
-
-T = TypeVar("T")
 
 RETRY_MS = 1000
 """What a client waits before reconnecting after a stream ended (the ``retry:`` field)."""
@@ -56,16 +51,6 @@ class EventStream(StreamingResponse):
 
     def __init__(self, content: AsyncIterator[bytes]) -> None:
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def in_session(runtime: Runtime, read: Callable[[Session], T]) -> T:
-    """``read(session)`` in a short session on the thread pool (never on the event loop)."""
-
-    def run() -> T:
-        with session_scope(runtime.sessions) as session:
-            return read(session)
-
-    return await run_in_threadpool(run)
 
 
 async def release(session: Session) -> None:

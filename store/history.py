@@ -202,6 +202,13 @@ def queue_position(session: Session, question: Question) -> int | None:
     return session.scalar(select(func.count()).select_from(ahead.subquery())) or 0
 
 
+def queue_length(session: Session) -> int:
+    """Questions queued now across the deployment, up to ``QUEUE_POSITION_CAP``: a question asked now is queued
+    behind them (read before its insert, so that on SQLite the write lock is held for the insert alone)."""
+    queued = select(Question.id).where(Question.status == QuestionStatus.queued).limit(QUEUE_POSITION_CAP)
+    return session.scalar(select(func.count()).select_from(queued.subquery())) or 0
+
+
 def cancel(session: Session, question_id: str, *, tenant_id: str) -> Question:
     """A queued question becomes cancelled (a worker that picks it up later skips it); again: no change.
 

@@ -175,12 +175,14 @@ def stream_status_counts(session: Session) -> dict[str, int]:
 def create_question(
     session: Session, *, stream_id: str, text: str,
     window_start: float | None = None, window_end: float | None = None, tenant_id: str | None = None,
+    **fields: Any,
 ) -> Question:
-    """A queued question about a stream (of ``tenant_id`` when given); it carries the stream's tenant."""
+    """A queued question about a stream (of ``tenant_id`` when given); it carries the stream's tenant.
+    ``fields``: other columns (the asked window, overrides), set before the one INSERT."""
     stream = get_stream(session, stream_id, tenant_id=tenant_id)
     question = Question(
         stream_id=stream_id, tenant_id=stream.tenant_id, text=text, status=QuestionStatus.queued,
-        window_start=window_start, window_end=window_end, timings={},
+        window_start=window_start, window_end=window_end, timings={}, **fields,
     )
     session.add(question)
     session.flush()

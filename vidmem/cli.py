@@ -131,7 +131,7 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 def _run_api(runtime) -> None:  # type: ignore[no-untyped-def]
     import uvicorn
 
-    from api.main import create_app
+    from api.main import create_app, freeze_startup_heap
 
     settings = runtime.settings
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; turn that into an
@@ -140,7 +140,9 @@ def _run_api(runtime) -> None:  # type: ignore[no-untyped-def]
     served = {"host": settings.api_host, "port": settings.api_port, "log_level": "info",
               "access_log": settings.access_log}
     if settings.api_workers == 1:
-        uvicorn.run(create_app(runtime), **served)
+        app = create_app(runtime)
+        freeze_startup_heap()
+        uvicorn.run(app, **served)
         return
     # several processes: each builds its app from the settings this one passes down in the environment
     os.environ.update(settings.to_env())

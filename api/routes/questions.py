@@ -21,7 +21,7 @@ from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConst
 from sqlalchemy.orm import Session
 
 from api import feed, sse, windows
-from api.deps import RuntimeDep, SessionDep, SettingsDep, TenantDep, field_error
+from api.deps import RuntimeDep, SessionDep, SettingsDep, TenantDep, field_error, in_session
 from api.schemas import (
     PlainText,
     QuestionCreate,
@@ -46,26 +46,27 @@ EVENT_STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}}
 
 
 @router.post("/streams/{stream_id}/questions", status_code=status.HTTP_202_ACCEPTED)
-def ask(
-    stream_id: str, body: QuestionCreate, session: SessionDep, settings: SettingsDep, tenant: TenantDep,
+async def ask(
+    stream_id: str, body: QuestionCreate, runtime: RuntimeDep, settings: SettingsDep, tenant: TenantDep,
 ) -> QuestionQueued:
     """Queue a question; a worker answers it. Wait with ``GET /questions/{id}?wait=``, or its events."""
     text = _checked_text(body.text, settings)
-    stream = repo.get_stream(session, stream_id, tenant_id=tenant)
-    start, end, epoch = _stream_window(body, stream)
-    question = repo.create_question(session, stream_id=stream_id, text=text, tenant_id=tenant)
-    question.window_start, question.window_end, question.window_last = start, end, body.last
-    question.media_epoch = epoch
-    question.stage2 = _checked_stage2(body.stage2, settings)
-    question.llm_budget = body.llm_budget
-    question.max_answer_tokens = _checked_answer_tokens(body.max_answer_tokens, settings)
-    session.flush()
-    # read before the commit, which expires the row (reading it after would cost another query)
-    queued = QuestionQueued(id=question.id, status=question.status, stream_id=stream_id,
-                            queue_position=history.queue_position(session, question))
-    session.commit()  # commit first: the worker must find the row
-    enqueue_question(queued.id)
-    return queued
+
+    def queue(session: Session) -> QuestionQueued:  # on the thread pool: a stage-2 spec may read a policy file
+        stream = repo.get_stream(session, stream_id, tenant_id=tenant)
+        start, end, epoch = _stream_window(body, stream)
+        ahead = history.queue_length(session)
+        question = repo.create_question(
+            session, stream_id=stream_id, text=text, tenant_id=tenant, window_start=start, window_end=end,
+            window_last=body.last, media_epoch=epoch, stage2=_checked_stage2(body.stage2, settings),
+            llm_budget=body.llm_budget, max_answer_tokens=_checked_answer_tokens(body.max_answer_tokens, settings),
+        )
+        queued = QuestionQueued(id=question.id, status=question.status, stream_id=stream_id, queue_position=ahead)
+        session.commit()  # commit first: the worker must find the row
+        enqueue_question(queued.id)
+        return queued
+
+    return await in_session(runtime, queue)
 
 
 def _checked_text(raw: str, settings: Settings) -> str:
@@ -129,7 +130,7 @@ SearchText = Annotated[Annotated[PlainText, StringConstraints(max_length=200)] |
 Time = Annotated[AwareDatetime, BeforeValidator(windows.iso_time_only)]
 
 
-def history_filters(
+async def history_filters(
     tenant: TenantDep,
     status_filter: Annotated[
         list[QuestionStatus] | None,
@@ -150,41 +151,46 @@ Cursor = Annotated[
 Limit = Annotated[int, Query(ge=1, le=200, description="questions per page")]
 
 
-def _page(session: Session, filters: history.Filters, cursor: str | None, limit: int) -> QuestionsPublic:
-    try:
-        after = history.Cursor.decode(cursor) if cursor is not None else None
-    except history.BadCursor as exc:
-        raise field_error(("query", "cursor"), str(exc)) from None
-    rows, following = history.page(session, filters, after=after, limit=limit)
-    return QuestionsPublic(
-        data=[QuestionPublic.model_validate(q) for q in rows],
-        next_cursor=following.encode() if following else None, limit=limit,
-    )
-
-
 StreamFilter = Annotated[
     Annotated[str, StringConstraints(max_length=64)] | None, Query(description="only this stream's questions")
 ]
 
 
 @router.get("/questions")
-def list_questions(
-    session: SessionDep, filters: FiltersDep, stream_id: StreamFilter = None, cursor: Cursor = None,
+async def list_questions(
+    runtime: RuntimeDep, filters: FiltersDep, stream_id: StreamFilter = None, cursor: Cursor = None,
     limit: Limit = 50,
 ) -> QuestionsPublic:
     """The tenant's questions across its streams, newest first, a page at a time (stable while new ones arrive)."""
-    if stream_id is not None:
-        repo.get_stream(session, stream_id, tenant_id=filters.tenant_id)  # another tenant's: 404
-    return _page(session, replace(filters, stream_id=stream_id), cursor, limit)
+    return await _stream_page(runtime, filters, stream_id, cursor, limit)
 
 
 @router.get("/streams/{stream_id}/questions")
-def stream_history(
-    stream_id: str, session: SessionDep, filters: FiltersDep, cursor: Cursor = None, limit: Limit = 50,
+async def stream_history(
+    stream_id: str, runtime: RuntimeDep, filters: FiltersDep, cursor: Cursor = None, limit: Limit = 50,
 ) -> QuestionsPublic:
     """One stream's questions: ``GET /questions?stream_id=`` (the same filters and cursor)."""
-    repo.get_stream(session, stream_id, tenant_id=filters.tenant_id)
-    return _page(session, replace(filters, stream_id=stream_id), cursor, limit)
+    return await _stream_page(runtime, filters, stream_id, cursor, limit)
+
+
+async def _stream_page(
+    runtime: Runtime, filters: history.Filters, stream_id: str | None, cursor: str | None, limit: int,
+) -> QuestionsPublic:
+    try:
+        after = history.Cursor.decode(cursor) if cursor is not None else None
+    except history.BadCursor as exc:
+        raise field_error(("query", "cursor"), str(exc)) from None
+
+    def read(session: Session) -> QuestionsPublic:
+        if stream_id is not None:
+            repo.get_stream(session, stream_id, tenant_id=filters.tenant_id)  # another tenant's: 404
+        rows, following = history.page(session, replace(filters, stream_id=stream_id), after=after, limit=limit)
+        return QuestionsPublic(
+            data=[QuestionPublic.model_validate(q) for q in rows],
+            next_cursor=following.encode() if following else None, limit=limit,
+        )
+
+    return await in_session(runtime, read)
 
 
 EXPORT_MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
@@ -273,7 +279,7 @@ async def read_question(
     await sse.release(session)
     clock = sse.Clock(wait, heartbeat_s=wait + 1)
     while True:
-        public = await sse.in_session(runtime, lambda s: _public(s, question_id, tenant))
+        public = await in_session(runtime, lambda s: _public(s, question_id, tenant))
         if public.status in FINAL_QUESTION_STATUSES or clock.over:
             return public
         await clock.nap(settings.events_poll_s)
@@ -309,7 +315,7 @@ async def _question_stream(
     yield sse.event(None, retry=sse.RETRY_MS) + sse.comment("question")
     while True:
         try:
-            public = await sse.in_session(runtime, lambda s: _public(s, question_id, tenant))
+            public = await in_session(runtime, lambda s: _public(s, question_id, tenant))
         except repo.NotFound:  # deleted with its stream meanwhile
             yield sse.event("end", {"id": question_id, "status": "deleted"})
             return

@@ -417,6 +417,7 @@ def test_stream_feed_delivers_every_question_change_and_registered_sources(clien
         time.sleep(0.5)
         ids.append(ask(client, stream_id)["id"])
         ask(client, other_stream)  # another stream's question: not in this feed
+        time.sleep(2 * runtime.settings.events_poll_s)  # the feed polls: let it see the question queued first
         services.answer_question(runtime, ids[0])
 
     thread = threading.Thread(target=activity)
