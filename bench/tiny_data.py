@@ -201,12 +201,15 @@ def batch_plans(
     curriculum_steps: int = 0,
     memory_share: float = 0.0,
     honest: bool = False,
+    short_share: float = 0.0,
 ) -> Iterator[BatchPlan]:
     """Endless training plans; within a batch all clips share frame count and times (same prompt prefix).
 
     Curriculum: during the first ``curriculum_steps`` plans the clips have 1 to 4 frames and no
     long-span clips or memories are drawn (cheap steps that teach single-frame grounding first); over
-    the next ``curriculum_steps`` plans the frame limit ramps linearly up to ``max_frames``."""
+    the next ``curriculum_steps`` plans the frame limit ramps linearly up to ``max_frames``. After the first
+    phase, ``short_share`` of the plans keep drawing 1 to 4 frames, so the skill they taught stays in every
+    stretch of the run instead of being crowded out by long clips."""
     rng = np.random.default_rng([seed, 5])
     next_seed = TRAIN_SEED_BASE + seed * 10_000_000
     for index in itertools.count():
@@ -223,7 +226,10 @@ def batch_plans(
         if draw < long_share + memory_share and not warm and ramp >= 1.0:
             yield BatchPlan(seeds, "memory", MEMORY_FRAMES, 0.0, size, honest)
             continue
-        frames = int(rng.integers(1 if warm else min(4, top), top + 1))
+        if short_share and not warm and rng.random() < short_share:  # no draw at 0: old runs resume identically
+            frames = int(rng.integers(1, min(4, max_frames) + 1))
+        else:
+            frames = int(rng.integers(1 if warm else min(4, top), top + 1))
         t0 = float(rng.integers(0, 900)) if rng.random() < 0.5 else 0.0
         yield BatchPlan(seeds, "short", frames, t0, size, honest)
 

@@ -84,6 +84,7 @@ class TinyConfig:
     warmup: int = 100
     weight_decay: float = 0.01
     curriculum_steps: int = 300  # the first steps use short clips (1 to 4 frames, no long ones), then ramp up
+    short_share: float = 0.0  # after those steps, this share of the short-clip batches still has 1 to 4 frames
     heldout_clips: int = 48
     eval_every: int = 250  # honest held-out accuracy (and the blind floor) on 16 clips every so many steps
     checkpoint_every: int = 25
@@ -505,7 +506,7 @@ def run(cfg: TinyConfig, export_only: bool = False) -> dict:
             save_checkpoint(cfg, model, opt, state, heads)
         plans = itertools.islice(
             batch_plans(cfg.clips_per_batch, cfg.sizes, cfg.long_share, cfg.seed, cfg.max_frames,
-                        cfg.curriculum_steps, cfg.memory_share, honest=True),
+                        cfg.curriculum_steps, cfg.memory_share, honest=True, short_share=cfg.short_share),
             state.step, None)
         evalset = heldout_clips(16, size=128, honest=True) if cfg.eval_every else []
         with contextlib.closing(rendered(plans)) as batches:
@@ -630,6 +631,8 @@ def cli(
     warmup: Annotated[int, typer.Option(help="warmup steps of the question stage")] = TinyConfig.warmup,
     curriculum_steps: Annotated[int, typer.Option(help="steps of short clips first (then as many to ramp up)")] = (
         TinyConfig.curriculum_steps),
+    short_share: Annotated[float, typer.Option(help="after the curriculum, share of short batches with 1-4 frames")] = (
+        TinyConfig.short_share),
     grounding_weight: Annotated[float, typer.Option(help="weight of the per-token read-outs (cell, colour, shape)")] = (
         TinyConfig.grounding_weight),
     vision_lr_scale: Annotated[float, typer.Option(help="the vision tower's learning rate / the LLM's")] = (
@@ -645,6 +648,7 @@ def cli(
     cfg = TinyConfig(out=out, work_dir=work_dir, steps=steps, max_minutes=max_minutes,
                      clips_per_batch=clips_per_batch, eval_every=eval_every, threads=threads, device=device,
                      seed=seed, lr=lr, warmup=warmup, curriculum_steps=curriculum_steps, init_from=init_from,
+                     short_share=short_share,
                      grounding_weight=grounding_weight, vision_lr_scale=vision_lr_scale, init_vision=init_vision)
     result = run(cfg, export_only=export)
     print(json.dumps({k: result[k] for k in ("steps", "train_minutes", "checkpoint", "out")}

@@ -189,6 +189,17 @@ def test_batch_plans_when_curriculum_then_short_clips_first_and_memories_later()
     assert all(p.honest for p in plans) and min(min(p.seeds) for p in plans) >= TRAIN_SEED_BASE
 
 
+def test_batch_plans_when_short_share_then_that_share_keeps_one_to_four_frames_after_the_ramp() -> None:
+    def short_after_ramp(share: float) -> list[int]:
+        plans = itertools.islice(batch_plans(1, (32,), long_share=0.0, max_frames=16, curriculum_steps=10,
+                                             short_share=share), 2000)
+        return [p.frames for i, p in enumerate(plans) if i >= 20 and p.regime == "short"]
+
+    mixed, plain = short_after_ramp(0.5), short_after_ramp(0.0)
+    assert 0.4 < np.mean([f <= 4 for f in mixed]) < 0.65 and min(mixed) == 1
+    assert np.mean([f <= 4 for f in plain]) < 0.15 and min(plain) == 4, "no short share: 4 to 16 frames"
+
+
 def test_memory_clip_when_drawn_then_spans_minutes_in_time_order_with_a_dropout_rate() -> None:
     clip = memory_clip(TRAIN_SEED_BASE + 17, 32)
     assert 16 <= len(clip.times) <= 24 and (np.diff(clip.times) > 0).all() and clip.times[-1] >= 225
