@@ -23,6 +23,7 @@ last stdout line is one JSON document; ``--out`` also writes the JSON and a PNG 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 import typer
+import uvloop
 
 log = logging.getLogger(__name__)
 
@@ -222,23 +224,23 @@ async def _open_loop(base_url: str, key: str, endpoint: str, stream_id: str, rat
     connector = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(base_url, headers={"Authorization": f"Bearer {key}"}, connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=30.0)) as client:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        clock = time.perf_counter  # not loop.time(): uvloop's counts whole milliseconds
+        start = clock()
         total = int(rate * seconds)
 
         async def fire(i: int) -> None:
             nonlocal errors
             scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - loop.time()))
+            await asyncio.sleep(max(0.0, scheduled - clock()))
             try:
                 ok = await _one(client, endpoint, stream_id, cfg, i)
             except (aiohttp.ClientError, TimeoutError):
                 ok = False
-            latencies.append(loop.time() - scheduled)
+            latencies.append(clock() - scheduled)
             errors += not ok
 
         await asyncio.gather(*(fire(i) for i in range(total)))
-        elapsed = loop.time() - start
+        elapsed = clock() - start
     return latencies, errors, total / elapsed
 
 
@@ -264,8 +266,15 @@ def settle(base_url: str, idle_s: float, timeout_s: float = 120.0) -> None:
 def measure(base_url: str, key: str, stream_id: str, database: str, endpoint: str, rate: int,
             cfg: ApiBenchConfig, idle_s: float) -> Cell:
     settle(base_url, idle_s)
-    asyncio.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.warmup_s, cfg))
-    latencies, errors, achieved = asyncio.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.seconds, cfg))
+    # the generator's own heap out of the collector's walk: its imports (torch among them, through vidmem) leave
+    # about 300,000 objects, and a full collection over them paused every request in flight for ~170 ms,
+    # which the open loop counted as server latency
+    gc.collect()
+    gc.freeze()
+    # uvloop (uvicorn[standard] brings it): the generator shares the cores with the server, so its loop should cost
+    # as little as the server's does
+    uvloop.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.warmup_s, cfg))
+    latencies, errors, achieved = uvloop.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.seconds, cfg))
     ms = sorted(x * 1000 for x in latencies)
     return Cell(database=database, endpoint=endpoint, rate=rate, requests=len(ms), errors=errors,
                 achieved_rate=round(achieved, 1), p50_ms=round(statistics.median(ms), 2),
