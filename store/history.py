@@ -8,7 +8,8 @@ not even on retry (``queued_at`` does).
 Search (``q``) takes words, "quoted phrases" and ``or`` between groups, on both databases alike:
 words of a group must all occur (stemmed English: "vans" finds "van"); punctuation is ignored.
 PostgreSQL answers it with ``websearch_to_tsquery`` against a GIN-indexed tsvector, SQLite with
-an FTS5 table kept by triggers (both made by migration 0005).
+an FTS5 table kept by triggers (both made by migration 0005), whose matches a page reads newest
+first (``_sqlite_search``, migration 0010).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import binascii
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, and_, func, literal_column, or_, select, text, update
+from sqlalchemy import ColumnElement, Integer, String, and_, column, func, or_, select, table, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import session_scope
-from store.models import Question, QuestionStatus, utcnow
+from store.models import Question, QuestionStatus, UTCDateTime, utcnow
 from store.repo import get_question
 
 PG_TSVECTOR = "questions.questions_fts_vector"
@@ -118,20 +119,61 @@ def _websearch(groups: list[list[str]]) -> str:
     return " or ".join(" ".join(f'"{term}"' if " " in term else term for term in group) for group in groups)
 
 
-def _matches(session: Session, q: str) -> ColumnElement[bool]:
-    groups = search_groups(q)
-    if session.get_bind().dialect.name == "postgresql":
-        return text(f"{PG_TSVECTOR} @@ websearch_to_tsquery('english'::regconfig, :search_q)").bindparams(
-            search_q=_websearch(groups)
-        )  # type: ignore[return-value]
-    rows = text(
-        "SELECT question_id FROM questions_fts_rows WHERE rowid IN "
-        "(SELECT rowid FROM questions_fts WHERE questions_fts MATCH :search_q)"
-    ).bindparams(search_q=_fts5_query(groups)).columns(question_id=Question.id.type)
-    # "+id": SQLite's way to keep the id index out of this term, so the page walks the (tenant, created_at) index
-    # newest first and stops at the page's end, probing the matches (built once) instead of fetching and
-    # sorting every match (7-11 ms for a word in a quarter of 10,000 questions)
-    return literal_column("+questions.id").in_(select(rows.subquery().c.question_id))
+def _matches(q: str) -> ColumnElement[bool]:
+    """PostgreSQL's test of a row against the search (SQLite reads its matches in ``_sqlite_search``)."""
+    return text(f"{PG_TSVECTOR} @@ websearch_to_tsquery('english'::regconfig, :search_q)").bindparams(
+        search_q=_websearch(search_groups(q))
+    )  # type: ignore[return-value]
+
+
+FTS_ROWS = table("questions_fts_rows", column("rowid", Integer), column("question_id", String),
+                 column("created_max", UTCDateTime))
+"""The FTS5 rows' map (migrations 0005 and 0010): question id and the newest ``created_at`` up to each rowid."""
+SEARCH_BATCH = 64
+"""Matches read at a time, at least; a page needs one batch when questions arrive in time order."""
+
+
+def _sqlite_search(session: Session, filters: Filters, after: Cursor | None, count: int) -> list[Question]:
+    """Up to ``count`` matching questions newest first, from FTS5's matches read newest insert first.
+
+    Batches of matches are read by falling rowid and filtered; reading stops when the ``count``-th
+    row found is newer than ``created_max`` just below the batch (the newest question inserted
+    before it, migration 0010), so no unread match could take its place. In time-ordered data the
+    first batch settles a page whatever the history's size, where testing the tenant's rows one by
+    one cost a row per newer question that did not match.
+    """
+    match = _fts5_query(search_groups(filters.q or ""))
+    where = _where(session, replace(filters, q=None))
+    if after is not None:
+        where.append(_after(after))
+    batch, below = max(2 * count, SEARCH_BATCH), None
+    found: list[tuple[datetime, str]] = []  # (created_at, id) of the best so far; the rows are loaded at the end
+    while True:
+        rowids = list(session.scalars(
+            text("SELECT rowid FROM questions_fts WHERE questions_fts MATCH :match "
+                 + ("AND rowid < :below " if below is not None else "") + "ORDER BY rowid DESC LIMIT :batch"),
+            {"match": match, "below": below, "batch": batch},
+        ))
+        if rowids:
+            below = rowids[-1]
+            keys = select(Question.created_at, Question.id).join(FTS_ROWS, FTS_ROWS.c.question_id == Question.id)
+            found += [(row.created_at, row.id) for row in session.execute(
+                keys.where(FTS_ROWS.c.rowid.in_(rowids), *where))]
+            found = sorted(found, reverse=True)[:count]
+        if len(rowids) < batch or (len(found) == count and not _newer_below(session, below, found[-1][0])):
+            break
+    ids = [question_id for _, question_id in found]
+    loaded = {q.id: q for q in session.scalars(select(Question).where(Question.id.in_(ids)))} if ids else {}
+    return [loaded[question_id] for question_id in ids]
+
+
+def _newer_below(session: Session, below: int, last: datetime) -> bool:
+    """Whether a question inserted before rowid ``below`` may have been created at ``last`` or later."""
+    newest = session.scalar(
+        select(FTS_ROWS.c.created_max).where(FTS_ROWS.c.rowid < below, FTS_ROWS.c.created_max.is_not(None))
+        .order_by(FTS_ROWS.c.rowid.desc()).limit(1)
+    )
+    return newest is not None and newest >= last
 
 
 # --- listing --------------------------------------------------------------------------------------
@@ -147,8 +189,8 @@ def _where(session: Session, filters: Filters) -> list[ColumnElement[bool]]:
         where.append(Question.created_at >= filters.since.astimezone(UTC))
     if filters.until is not None:
         where.append(Question.created_at < filters.until.astimezone(UTC))
-    if filters.q:
-        where.append(_matches(session, filters.q))
+    if filters.q:  # PostgreSQL only: page() reads SQLite's matches itself
+        where.append(_matches(filters.q))
     return where
 
 
@@ -161,11 +203,14 @@ def page(
     session: Session, filters: Filters, *, after: Cursor | None = None, limit: int = 50
 ) -> tuple[list[Question], Cursor | None]:
     """Up to ``limit`` questions newest first after ``after``, and the cursor of the next page (None: last)."""
-    where = _where(session, filters)
-    if after is not None:
-        where.append(_after(after))
-    query = select(Question).where(*where).order_by(Question.created_at.desc(), Question.id.desc())
-    rows = list(session.scalars(query.limit(limit + 1)))
+    if filters.q and session.get_bind().dialect.name == "sqlite":
+        rows = _sqlite_search(session, filters, after, limit + 1)
+    else:
+        where = _where(session, filters)
+        if after is not None:
+            where.append(_after(after))
+        query = select(Question).where(*where).order_by(Question.created_at.desc(), Question.id.desc())
+        rows = list(session.scalars(query.limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (Cursor(rows[-1].created_at, rows[-1].id) if more and rows else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -16,9 +17,9 @@ from sqlalchemy import func, insert, select, text, update
 
 from api.main import create_app
 from api.windows import parse_last
-from store import db, repo
+from store import db, history, repo
 from store.db import session_scope
-from store.models import Question
+from store.models import Question, new_id
 from tests.api.databases import client_with_default_key, runtime_on_each_database  # noqa: F401 - fixtures
 from tests.api_keys import authorise, bearer, new_key
 from workers.runtime import Runtime
@@ -107,6 +108,39 @@ def test_history_search_follows_answers_and_deletions(client, runtime):
         with runtime.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM questions_fts_rows")).scalar() == 0
             assert conn.execute(text("SELECT count(*) FROM questions_fts")).scalar() == 0
+
+
+def test_search_pages_when_rows_were_inserted_out_of_time_order_equal_the_sorted_matches(runtime):
+    # given 600 questions of two tenants inserted in shuffled time order (as an import or racing writers leave
+    # them), a third of them matching, some later deleted
+    rng = random.Random(7)
+    streams = {tenant: new_stream(runtime, tenant) for tenant in ("default", "other")}
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    rows = []
+    for minute in rng.sample(range(600), 600):
+        tenant = rng.choice(("default", "other"))
+        word = "van" if rng.random() < 0.35 else "door"
+        rows.append({"id": new_id(), "stream_id": streams[tenant], "tenant_id": tenant, "status": rng.choice(
+            ("done", "failed")), "text": f"a {word} at {minute}", "created_at": t0 + timedelta(minutes=minute),
+            "timings": {}, "attempts": 0})
+    with runtime.engine.begin() as conn:
+        for row in rows:  # one statement a row: each insert sees the rows before it, as the trigger does live
+            conn.execute(insert(Question), [row])
+        gone = [row["id"] for row in rows[::50]]
+        conn.execute(Question.__table__.delete().where(Question.id.in_(gone)))
+    filters = history.Filters(tenant_id="default", statuses=("done",), q="vans")
+    expected = sorted(((r["created_at"], r["id"]) for r in rows if r["tenant_id"] == "default"
+                       and r["status"] == "done" and "van" in r["text"] and r["id"] not in gone), reverse=True)
+    # when every page of 7 is read through the cursor
+    seen, after = [], None
+    while True:
+        with session_scope(runtime.sessions) as session:
+            page, after = history.page(session, filters, after=after, limit=7)
+            seen += [(q.created_at, q.id) for q in page]
+        if after is None:
+            break
+    # then the pages hold exactly the matches, newest first, each once
+    assert len(expected) > 40 and seen == expected
 
 
 def test_history_when_query_is_bad_returns_422_naming_the_field(client, runtime):

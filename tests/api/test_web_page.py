@@ -119,17 +119,21 @@ class Run:
 
     def ask(self, browser: Browser) -> dict[str, Any]:
         browser.js("window.sameDocument = true")  # gone if the page reloads
+        # every status the page shows, in order: a poll from here may come after a quick answer has replaced the first
+        browser.js("window.shownStatuses = []; new MutationObserver(() => {"
+                   " const li = document.querySelector('#answers li.question'); const shown = window.shownStatuses;"
+                   " if (li && shown[shown.length - 1] !== li.dataset.status) shown.push(li.dataset.status); })"
+                   ".observe(document.querySelector('#answers'),"
+                   " {subtree: true, childList: true, attributes: true, attributeFilter: ['data-status']}); true")
         browser.type("#ask-text", QUESTION)
         browser.click("#ask-form button[type=submit]")
-        seen = browser.wait_for(
-            "(() => { const li = document.querySelector('#answers li.question');"
-            " return li && {id: li.dataset.id, status: li.dataset.status, via: li.dataset.via || null}; })()")
         answer = browser.wait_for(
             "(() => { const li = document.querySelector('#answers li.question');"
             " return ['done', 'failed'].includes(li.dataset.status) && {id: li.dataset.id, status: li.dataset.status,"
             " answer: li.querySelector('.a').textContent, via: li.dataset.via || null,"
             " question: li.querySelector('.q').textContent}; })()", timeout=120)
-        answer["first_status"] = seen["status"]
+        answer["first_status"] = browser.js("window.shownStatuses[0] || null")
+        answer["statuses"] = browser.js("window.shownStatuses")
         answer["same_document"] = browser.js("window.sameDocument === true")
         self.shot(browser, "desktop-ask")
         return answer

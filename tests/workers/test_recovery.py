@@ -105,6 +105,11 @@ def _held_by(faults, key: str) -> int:  # type: ignore[no-untyped-def]
     return int(wait_for(lambda: holding.exists() and holding.read_text().strip(), 60))
 
 
+def _lease_state(rt: Runtime, stream_id: str) -> str:
+    with session_scope(rt.sessions) as session:
+        return session.get(StreamLease, stream_id).state
+
+
 def _worker_ids(rt: Runtime) -> dict[int, str]:
     with session_scope(rt.sessions) as session:
         return {w.pid: w.id for w in repo.list_workers(session)}
@@ -137,7 +142,8 @@ def test_sigkill_workers_holding_a_chunk_and_a_question_others_finish_both_exact
     (faults / f"hold-{stream_id}-1").unlink()
     (faults / f"hold-{question_id}").unlink()
     # then the other workers finish both within 60 s
-    wait_for(lambda: all_settled(rt, [stream_id]) and _question(rt, question_id).status == "done", 60, 0.05)
+    wait_for(lambda: all_settled(rt, [stream_id]) and _question(rt, question_id).status == "done"
+             and _lease_state(rt, stream_id) == LeaseState.idle, 60, 0.05)  # the chain ends after its last chunk
     elapsed = time.monotonic() - started
     question = _question(rt, question_id)
     assert elapsed < 60, elapsed
