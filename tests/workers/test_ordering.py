@@ -302,13 +302,13 @@ def _three_streams_on_two_workers(settings, tmp_path) -> None:  # type: ignore[n
         with session_scope(rt.sessions) as session:
             ids = {name: repo.create_stream(session, name=name, source_url=f"rtsp://127.0.0.1/{name}").id
                    for name in chunks}
+        wait_ready(tmp_path, procs)  # both consume before work arrives: a worker ready first took all 18 tasks once
         # when the chunks of three streams are submitted interleaved, as three ingest threads would
         for seq in range(6):
             for name, stream_chunks in chunks.items():
                 images, stamps = stream_chunks[seq]
                 submit_chunk(rt, stream_id=ids[name], seq=seq, t_start=2.0 * seq, t_end=2.0 * seq + 2,
                              images=images, timestamps=stamps)
-        wait_ready(tmp_path, procs)
         wait_for(lambda: all_settled(rt, list(ids.values())), 120)
         with session_scope(rt.sessions) as session:
             beating = {w.pid for w in repo.list_workers(session)}
