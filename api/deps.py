@@ -62,6 +62,7 @@ async def in_session(runtime: Runtime, work: Callable[[Session], T]) -> T:
 
     return await run_in_threadpool(run)
 
+
 Skip = Annotated[int, Query(ge=0, le=MAX_SKIP, description="items to pass over, newest first")]
 """Bounded: an offset past 2**63 is a 500 in SQLite and PostgreSQL alike, and no history is that long."""
 

@@ -65,4 +65,3 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-

@@ -243,14 +243,18 @@ def queue_position(session: Session, question: Question) -> int | None:
         return None
     earlier = or_(Question.queued_at < question.queued_at,
                   and_(Question.queued_at == question.queued_at, Question.id < question.id))
-    ahead = select(Question.id).where(Question.status == QuestionStatus.queued, earlier).limit(QUEUE_POSITION_CAP)
-    return session.scalar(select(func.count()).select_from(ahead.subquery())) or 0
+    return _queued_count(session, earlier)
 
 
 def queue_length(session: Session) -> int:
     """Questions queued now across the deployment, up to ``QUEUE_POSITION_CAP``: a question asked now is queued
     behind them (read before its insert, so that on SQLite the write lock is held for the insert alone)."""
-    queued = select(Question.id).where(Question.status == QuestionStatus.queued).limit(QUEUE_POSITION_CAP)
+    return _queued_count(session)
+
+
+def _queued_count(session: Session, *where: ColumnElement[bool]) -> int:
+    """Queued questions (matching ``where``), counted up to ``QUEUE_POSITION_CAP``."""
+    queued = select(Question.id).where(Question.status == QuestionStatus.queued, *where).limit(QUEUE_POSITION_CAP)
     return session.scalar(select(func.count()).select_from(queued.subquery())) or 0
 
 
