@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from store.models import (
@@ -19,6 +19,7 @@ from store.models import (
     StreamLease,
     StreamStatus,
     WorkerBeat,
+    new_id,
     utcnow,
 )
 
@@ -187,6 +188,30 @@ def create_question(
     session.add(question)
     session.flush()
     return question
+
+
+_STREAM_EPOCH = select(Stream.media_epoch).where(Stream.id == bindparam("stream_id"),
+                                                 Stream.tenant_id == bindparam("tenant_id"))
+
+
+def stream_media_epoch(session: Session, stream_id: str, *, tenant_id: str) -> datetime | None:
+    """The media epoch of a tenant's stream (None: no video yet); NotFound for a missing or another tenant's
+    stream. Core, like ``queue_question``: every question asked pays for these two."""
+    row = session.connection().execute(_STREAM_EPOCH, {"stream_id": stream_id, "tenant_id": tenant_id}).first()
+    if row is None:
+        raise NotFound(f"stream {stream_id!r} not found")
+    return row.media_epoch
+
+
+def queue_question(session: Session, *, stream_id: str, tenant_id: str, text: str, **fields: Any) -> str:
+    """Insert a queued question about a stream the caller checked is the tenant's (``stream_media_epoch``);
+    ``fields``: the asked window and overrides. One INSERT, no ORM object; returns the id."""
+    question_id = new_id()
+    session.connection().execute(insert(Question).values(
+        id=question_id, stream_id=stream_id, tenant_id=tenant_id, text=text, status=QuestionStatus.queued,
+        timings={}, **fields,
+    ))
+    return question_id
 
 
 def get_question(session: Session, question_id: str, *, tenant_id: str | None = None) -> Question:

@@ -30,7 +30,7 @@ from api.schemas import (
     QuestionsPublic,
 )
 from store import history, repo
-from store.models import FINAL_QUESTION_STATUSES, QuestionStatus, Stream
+from store.models import FINAL_QUESTION_STATUSES, QuestionStatus
 from vidmem.settings import Settings
 from workers import stream_settings
 from workers.dispatch import enqueue_question
@@ -53,18 +53,17 @@ async def ask(
     text = _checked_text(body.text, settings)
 
     def queue(session: Session) -> QuestionQueued:  # on the thread pool: a stage-2 spec may read a policy file
-        stream = repo.get_stream(session, stream_id, tenant_id=tenant)
-        start, end, epoch = _stream_window(body, stream)
+        epoch = repo.stream_media_epoch(session, stream_id, tenant_id=tenant)
+        start, end, epoch = _stream_window(body, stream_id, epoch)
         ahead = history.queue_length(session)
-        question = repo.create_question(
+        question_id = repo.queue_question(
             session, stream_id=stream_id, text=text, tenant_id=tenant, window_start=start, window_end=end,
             window_last=body.last, media_epoch=epoch, stage2=_checked_stage2(body.stage2, settings),
             llm_budget=body.llm_budget, max_answer_tokens=_checked_answer_tokens(body.max_answer_tokens, settings),
         )
-        queued = QuestionQueued(id=question.id, status=question.status, stream_id=stream_id, queue_position=ahead)
         session.commit()  # commit first: the worker must find the row
-        enqueue_question(queued.id)
-        return queued
+        enqueue_question(question_id)
+        return QuestionQueued(id=question_id, status=QuestionStatus.queued, stream_id=stream_id, queue_position=ahead)
 
     return await in_session(runtime, queue)
 
@@ -81,22 +80,24 @@ def _checked_text(raw: str, settings: Settings) -> str:
     return text
 
 
-def _stream_window(body: QuestionCreate, stream: Stream) -> tuple[float | None, float | None, datetime | None]:
+def _stream_window(
+    body: QuestionCreate, stream_id: str, media_epoch: datetime | None,
+) -> tuple[float | None, float | None, datetime | None]:
     """The window in stream seconds (a relative one is resolved by the worker) and the epoch it used."""
     if body.since is None and body.until is None:
         return body.window_start, body.window_end, None
     field = "since" if body.since is not None else "until"
-    if stream.media_epoch is None:
+    if media_epoch is None:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
-            f"body.{field}: stream {stream.id!r} has no media epoch yet (no video arrived), so clock times cannot "
+            f"body.{field}: stream {stream_id!r} has no media epoch yet (no video arrived), so clock times cannot "
             "be placed in it; ask with `last` or stream seconds (window_start/window_end)",
         )
     try:
-        start, end = windows.to_stream_seconds(body.since, body.until, stream.media_epoch)
+        start, end = windows.to_stream_seconds(body.since, body.until, media_epoch)
     except windows.WindowOutsideMedia as exc:
         raise field_error(("body", "until"), str(exc)) from None
-    return start, end, stream.media_epoch
+    return start, end, media_epoch
 
 
 def _checked_stage2(spec: str | None, settings: Settings) -> str | None:
@@ -186,7 +187,7 @@ async def _stream_page(
             repo.get_stream(session, stream_id, tenant_id=filters.tenant_id)  # another tenant's: 404
         rows, following = history.page(session, replace(filters, stream_id=stream_id), after=after, limit=limit)
         return QuestionsPublic(
-            data=[QuestionPublic.model_validate(q) for q in rows],
+            data=[QuestionPublic.model_validate(history.as_dict(row)) for row in rows],
             next_cursor=following.encode() if following else None, limit=limit,
         )
 
@@ -221,7 +222,8 @@ def export_questions(
 def _export_batches(runtime: Runtime, filters: history.Filters) -> Iterator[list[dict[str, Any]]]:
     """The rows as JSON-ready dicts, a database batch at a time (one chunk of the response each)."""
     for batch in history.batches(runtime.sessions, filters):
-        yield [QuestionPublic.model_validate(q).model_dump(mode="json", exclude={"queue_position"}) for q in batch]
+        yield [QuestionPublic.model_validate(history.as_dict(row)).model_dump(mode="json", exclude={"queue_position"})
+               for row in batch]
 
 
 def _jsonl(batches: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
