@@ -108,7 +108,7 @@ async def stream_feed(
     yield sse.event(None, retry=sse.RETRY_MS) + sse.comment("feed")
     while True:
         query = FeedQuery(tenant_id, stream_id, cursor - lag, settings.events_batch)
-        for item in await in_session(runtime, lambda s, q=query: collect(s, q, sources)):
+        for item in await in_session(runtime, lambda s, q=query: collect(s, q, sources), read_only=True):
             if item.key in seen:
                 continue
             seen[item.key], cursor = item.at, max(cursor, item.at)

@@ -187,6 +187,19 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reads that need no transaction around them (a key check, a page of history).
+
+    On PostgreSQL they run in autocommit: each statement is its own transaction, so a one-query read
+    is one round trip instead of three (BEGIN, the query, COMMIT), and each round trip costs the API
+    and the server CPU. Statements of one such session may see different snapshots. On SQLite every
+    session is like this already: the driver begins a transaction only before a write.
+    """
+    if engine.dialect.name == "postgresql":
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return make_session_factory(engine)
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""

@@ -158,6 +158,11 @@ class Runtime:
         return db.make_session_factory(self.engine)
 
     @cached_property
+    def read_sessions(self) -> sessionmaker[Session]:
+        """Sessions for reads outside a transaction (``db.make_read_session_factory``), on the same pool."""
+        return db.make_read_session_factory(self.engine)
+
+    @cached_property
     def redis(self):  # type: ignore[no-untyped-def]
         import redis
 

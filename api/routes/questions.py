@@ -191,7 +191,7 @@ async def _stream_page(
             next_cursor=following.encode() if following else None, limit=limit,
         )
 
-    return await in_session(runtime, read)
+    return await in_session(runtime, read, read_only=True)
 
 
 EXPORT_MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
@@ -281,7 +281,7 @@ async def read_question(
     await sse.release(session)
     clock = sse.Clock(wait, heartbeat_s=wait + 1)
     while True:
-        public = await in_session(runtime, lambda s: _public(s, question_id, tenant))
+        public = await in_session(runtime, lambda s: _public(s, question_id, tenant), read_only=True)
         if public.status in FINAL_QUESTION_STATUSES or clock.over:
             return public
         await clock.nap(settings.events_poll_s)
@@ -317,7 +317,7 @@ async def _question_stream(
     yield sse.event(None, retry=sse.RETRY_MS) + sse.comment("question")
     while True:
         try:
-            public = await in_session(runtime, lambda s: _public(s, question_id, tenant))
+            public = await in_session(runtime, lambda s: _public(s, question_id, tenant), read_only=True)
         except repo.NotFound:  # deleted with its stream meanwhile
             yield sse.event("end", {"id": question_id, "status": "deleted"})
             return

@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
 from store import db
 from store.models import Base
@@ -79,3 +81,17 @@ def test_processes_starting_together_on_a_fresh_sqlite_file_all_find_it_at_head(
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     assert db.current_revision(db.make_engine(url)) == db.head_revision()
+
+
+
+def test_read_session_when_on_postgresql_leaves_no_transaction_open(postgres_url):
+    engine = db.make_engine(postgres_url)
+
+    def open_after_a_read(factory) -> bool:  # type: ignore[no-untyped-def]
+        with db.session_scope(factory) as session:
+            session.execute(text("SELECT 1"))
+            status = session.connection().connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+            return status != psycopg.pq.TransactionStatus.IDLE
+
+    assert not open_after_a_read(db.make_read_session_factory(engine)), "BEGIN and COMMIT would cost a round trip each"
+    assert open_after_a_read(db.make_session_factory(engine)), "sessions that write still run in a transaction"
