@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from store import db
 from store.models import Base
@@ -95,3 +96,37 @@ def test_read_session_when_on_postgresql_leaves_no_transaction_open(postgres_url
 
     assert not open_after_a_read(db.make_read_session_factory(engine)), "BEGIN and COMMIT would cost a round trip each"
     assert open_after_a_read(db.make_session_factory(engine)), "sessions that write still run in a transaction"
+
+
+def _kill_other_backends(url: str) -> None:
+    with db.make_engine(url).connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+
+
+def test_pool_when_idle_connections_died_pings_and_reconnects(postgres_url, monkeypatch):
+    engine = db.make_engine(postgres_url, pool_size=2)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    _kill_other_backends(postgres_url)  # the server restarted, say: the pooled connection is dead
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+
+    with engine.connect() as conn:
+        answer = conn.execute(text("SELECT 1")).scalar()
+
+    assert answer == 1, "the dead connection failed its ping and was replaced"
+
+
+def test_pool_when_a_recent_connection_died_fails_one_request_then_reconnects(postgres_url, monkeypatch):
+    engine = db.make_engine(postgres_url, pool_size=2)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)  # no ping: the connection was used just now
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    _kill_other_backends(postgres_url)
+
+    with pytest.raises(OperationalError), engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    with engine.connect() as conn:
+        answer = conn.execute(text("SELECT 1")).scalar()
+
+    assert answer == 1, "the failure invalidated the pool; the next checkout connected anew"
