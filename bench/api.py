@@ -16,7 +16,9 @@ The load generator is open-loop: request i is sent at ``start + i / rate`` wheth
 have returned (asyncio, one keep-alive connection pool), and its latency counts from that scheduled time,
 so a server that falls behind shows it (no coordinated omission). Each cell (database, endpoint, rate)
 starts on an idle server (``settle``), runs ``warmup_s`` unmeasured, then ``seconds`` measured; reported:
-p50, p99, max, errors and the rate achieved. Target: p99 < 25 ms at 200 requests/s on both databases. The
+p50, p99, max, errors, the rate achieved, and the CPU time a request cost the API's processes and the whole machine
+(server, database, load generator and ingest together: on a machine of 2 cores, 200 requests/s leave 10 ms of CPU a
+request, and a cell whose machine CPU nears that queues). Target: p99 < 25 ms at 200 requests/s on both databases. The
 last stdout line is one JSON document; ``--out`` also writes the JSON and a PNG plot.
 """
 
@@ -80,6 +82,8 @@ class Cell:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    api_cpu_ms: float  # CPU time of the API processes per request
+    machine_cpu_ms: float  # CPU time of the whole machine per request: the API, the database, the generator, ingest
 
 
 @dataclass
@@ -201,6 +205,30 @@ class Deployment:
                 proc.kill()
 
 
+# ------------------------------------------------------------------------------------------ CPU time
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds the machine has spent busy since boot (every state of /proc/stat but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) of a process and its descendants alive now (uvicorn's workers)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            child_pids = [int(x) for x in children.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return own + sum(process_tree_cpu_s(child) for child in child_pids)
+
+
 # ------------------------------------------------------------------------------------------ load
 async def _one(client: aiohttp.ClientSession, endpoint: str, stream_id: str, cfg: ApiBenchConfig, i: int) -> bool:
     if endpoint == "post_question":
@@ -268,7 +296,7 @@ def settle(base_url: str, idle_s: float, timeout_s: float = 120.0) -> None:
 
 
 def measure(base_url: str, key: str, stream_id: str, database: str, endpoint: str, rate: int,
-            cfg: ApiBenchConfig, idle_s: float) -> Cell:
+            cfg: ApiBenchConfig, idle_s: float, api_pid: int) -> Cell:
     settle(base_url, idle_s)
     # the generator's own heap out of the collector's walk: its imports (torch among them, through vidmem) leave
     # about 300,000 objects, and a full collection over them paused every request in flight for ~170 ms,
@@ -278,11 +306,14 @@ def measure(base_url: str, key: str, stream_id: str, database: str, endpoint: st
     # uvloop (uvicorn[standard] brings it): the generator shares the cores with the server, so its loop should cost
     # as little as the server's does
     uvloop.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.warmup_s, cfg))
+    api_before, machine_before = process_tree_cpu_s(api_pid), machine_cpu_s()
     latencies, errors, achieved = uvloop.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.seconds, cfg))
+    api_cpu, machine_cpu = process_tree_cpu_s(api_pid) - api_before, machine_cpu_s() - machine_before
     ms = sorted(x * 1000 for x in latencies)
     return Cell(database=database, endpoint=endpoint, rate=rate, requests=len(ms), errors=errors,
                 achieved_rate=round(achieved, 1), p50_ms=round(statistics.median(ms), 2),
-                p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2), max_ms=round(ms[-1], 2))
+                p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2), max_ms=round(ms[-1], 2),
+                api_cpu_ms=round(api_cpu * 1000 / len(ms), 2), machine_cpu_ms=round(machine_cpu * 1000 / len(ms), 2))
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -323,9 +354,11 @@ def run_database(cfg: ApiBenchConfig, database: str, folder: Path, report: Repor
         idle_s = statistics.median(_healthz_s(deployment.base_url) for _ in range(9))
         for endpoint in cfg.endpoints:
             for rate in cfg.rates:
-                cell = measure(deployment.base_url, key, stream_id, database, endpoint, rate, cfg, idle_s)
-                log.info("%s %s @ %d/s: p50 %.1f ms p99 %.1f ms (%d errors)", database, endpoint, rate,
-                         cell.p50_ms, cell.p99_ms, cell.errors)
+                cell = measure(deployment.base_url, key, stream_id, database, endpoint, rate, cfg, idle_s,
+                               deployment.procs[0].pid)
+                log.info("%s %s @ %d/s: p50 %.1f ms p99 %.1f ms (%d errors), CPU a request: API %.2f ms, machine "
+                         "%.2f ms", database, endpoint, rate, cell.p50_ms, cell.p99_ms, cell.errors, cell.api_cpu_ms,
+                         cell.machine_cpu_ms)
                 report.cells.append(cell)
         lost, applied = _chunk_outcomes(settings, stream_id)
         report.chunks_lost[database], report.chunks_applied[database] = lost, applied
@@ -352,12 +385,14 @@ def show(report: Report) -> None:
     from rich.table import Table
 
     table = Table(title="API latency, open-loop load (target: p99 < 25 ms at 200 requests/s)")
-    for col in ("database", "endpoint", "rate/s", "achieved/s", "requests", "errors", "p50 ms", "p99 ms", "max ms"):
+    for col in ("database", "endpoint", "rate/s", "achieved/s", "requests", "errors", "p50 ms", "p99 ms", "max ms",
+                "API CPU ms/req", "machine CPU ms/req"):
         table.add_column(col)
     for c in report.cells:
         table.add_row(c.database, c.endpoint, str(c.rate), f"{c.achieved_rate:.0f}", str(c.requests), str(c.errors),
-                      f"{c.p50_ms:.1f}", f"{c.p99_ms:.1f}", f"{c.max_ms:.1f}")
-    console = Console(stderr=True, width=140)
+                      f"{c.p50_ms:.1f}", f"{c.p99_ms:.1f}", f"{c.max_ms:.1f}", f"{c.api_cpu_ms:.2f}",
+                      f"{c.machine_cpu_ms:.2f}")
+    console = Console(stderr=True, width=170)
     console.print(table)
     console.print(f"chunks lost during the run: {report.chunks_lost} (applied: {report.chunks_applied})")
 
