@@ -52,6 +52,13 @@ COLUMNS = tuple(Question.__table__.c)
 """What a page reads: every column, as plain rows (attributes named as ``Question``'s) rather than ORM objects,
 which cost a page of 50 a third more time to load (identity map, instance state) for rows only serialized."""
 
+_NAMES = tuple(c.key for c in COLUMNS)
+
+
+def as_dict(row: Row) -> dict[str, Any]:
+    """A page's row (of ``COLUMNS``) as a dict: ``Row._asdict`` costs three times as much, and a page makes 50."""
+    return dict(zip(_NAMES, row, strict=True))
+
 
 class BadSearch(ValueError):
     """A search text with nothing to search for, or too much."""
@@ -181,14 +188,6 @@ def _sqlite_search(session: Session, filters: Filters, after: Cursor | None, cou
                            key=lambda row: (row.created_at, row.id), reverse=True)[:count]
         if len(rowids) < batch or (len(found) == count and not _newer_below(session, below, found[-1].created_at)):
             return found
-
-
-_NAMES = tuple(c.key for c in COLUMNS)
-
-
-def as_dict(row: Row) -> dict[str, Any]:
-    """A page's row (of ``COLUMNS``) as a dict: ``Row._asdict`` costs three times as much, and a page makes 50."""
-    return dict(zip(_NAMES, row, strict=True))
 
 
 def _newer_below(session: Session, below: int, last: datetime) -> bool:
