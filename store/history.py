@@ -168,7 +168,7 @@ def _sqlite_search(session: Session, filters: Filters, after: Cursor | None, cou
     one cost a row per newer question that did not match.
     """
     match = _fts5_query(search_groups(filters.q or ""))
-    where = _where(session, replace(filters, q=None))
+    where = _where(replace(filters, q=None))
     if after is not None:
         where.append(_after(after))
     batch, below = max(2 * count, SEARCH_BATCH), None
@@ -202,7 +202,7 @@ def _newer_below(session: Session, below: int, last: datetime) -> bool:
 # --- listing --------------------------------------------------------------------------------------
 
 
-def _where(session: Session, filters: Filters) -> list[ColumnElement[bool]]:
+def _where(filters: Filters) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = [Question.tenant_id == filters.tenant_id]
     if filters.stream_id is not None:
         where.append(Question.stream_id == filters.stream_id)
@@ -230,7 +230,7 @@ def page(
     if filters.q and session.get_bind().dialect.name == "sqlite":
         rows = _sqlite_search(session, filters, after, limit + 1)
     else:
-        where = _where(session, filters)
+        where = _where(filters)
         if after is not None:
             where.append(_after(after))
         query = select(*COLUMNS).where(*where).order_by(Question.created_at.desc(), Question.id.desc())

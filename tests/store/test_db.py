@@ -84,7 +84,6 @@ def test_processes_starting_together_on_a_fresh_sqlite_file_all_find_it_at_head(
     assert db.current_revision(db.make_engine(url)) == db.head_revision()
 
 
-
 def test_read_session_when_on_postgresql_leaves_no_transaction_open(postgres_url):
     engine = db.make_engine(postgres_url)
 
