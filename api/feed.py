@@ -66,7 +66,7 @@ def question_events(session: Session, query: FeedQuery) -> list[FeedEvent]:
 def public_question(session: Session, question: Any) -> QuestionPublic:
     """The question as the API shows it, with its queue position while queued."""
     public = QuestionPublic.model_validate(question)
-    public.queue_position = history.queue_position(session, question)
+    public.queue_position = history.queue_position(session.connection(), question)
     return public
 
 

@@ -216,17 +216,22 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for reads that need no transaction around them (a key check, a page of history).
+def autocommit(engine: Engine) -> Engine:
+    """``engine``'s pool, each statement its own transaction on PostgreSQL: for reads that need no transaction
+    around them (a key check, a page of history) and single-statement writes (a question queued).
 
-    On PostgreSQL they run in autocommit: each statement is its own transaction, so a one-query read
-    is one round trip instead of three (BEGIN, the query, COMMIT), and each round trip costs the API
-    and the server CPU. Statements of one such session may see different snapshots. On SQLite every
-    session is like this already: the driver begins a transaction only before a write.
+    A one-query read is one round trip instead of three (BEGIN, the query, COMMIT), and each round trip
+    costs the API and the server CPU. Statements on such a connection may see different snapshots. On
+    SQLite it is ``engine`` itself: the driver begins a transaction only before a write, and commit ends it.
     """
     if engine.dialect.name == "postgresql":
-        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return make_session_factory(engine)
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
+def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reads that need no transaction around them, on ``autocommit(engine)``."""
+    return make_session_factory(autocommit(engine))
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from store.models import ApiKey, utcnow
@@ -89,16 +89,17 @@ _KEY_CHECK = select(ApiKey.tenant_id, ApiKey.digest, ApiKey.revoked_at, ApiKey.l
     ApiKey.id == bindparam("key_id")
 )
 """Built once: every request runs it, and a statement built per call costs its cache key each time."""
+_TOUCH = update(ApiKey).where(ApiKey.id == bindparam("key_id")).values(last_used_at=bindparam("touched_at"))
 
 
-def authenticate(session: Session, token: str, *, now: datetime | None = None) -> Caller | None:
+def authenticate(conn: Connection, token: str, *, now: datetime | None = None) -> Caller | None:
     """Who the unrevoked key ``token`` is, or None (malformed, unknown, wrong secret, revoked).
 
     One primary-key read of four columns (no ORM object: every request pays for this), and, at most
     once a minute per key, an UPDATE of ``last_used_at``.
     """
     parts = parse(token)
-    row = session.connection().execute(_KEY_CHECK, {"key_id": parts[0]}).first() if parts else None
+    row = conn.execute(_KEY_CHECK, {"key_id": parts[0]}).first() if parts else None
     expected = row.digest if row is not None else _DUMMY_DIGEST
     # always one digest and one comparison, so a wrong id costs the same time as a wrong secret
     matches = hmac.compare_digest(expected, digest(parts[1] if parts else token))
@@ -106,7 +107,7 @@ def authenticate(session: Session, token: str, *, now: datetime | None = None) -
         return None
     now = now or utcnow()
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
-        session.connection().execute(update(ApiKey).where(ApiKey.id == parts[0]).values(last_used_at=now))
+        conn.execute(_TOUCH, {"key_id": parts[0], "touched_at": now})
     return Caller(key_id=parts[0], tenant_id=row.tenant_id)
 
 

@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import db
@@ -158,9 +159,14 @@ class Runtime:
         return db.make_session_factory(self.engine)
 
     @cached_property
+    def autocommit(self) -> Engine:
+        """The engine's pool, each statement its own transaction on PostgreSQL (``db.autocommit``)."""
+        return db.autocommit(self.engine)
+
+    @cached_property
     def read_sessions(self) -> sessionmaker[Session]:
         """Sessions for reads outside a transaction (``db.make_read_session_factory``), on the same pool."""
-        return db.make_read_session_factory(self.engine)
+        return db.make_session_factory(self.autocommit)
 
     @cached_property
     def redis(self):  # type: ignore[no-untyped-def]

@@ -17,11 +17,22 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
 from fastapi.responses import Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConstraints
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from api import feed, sse, windows
-from api.deps import RuntimeDep, SessionDep, SettingsDep, TenantDep, field_error, in_session
+from api.deps import (
+    CredentialsDep,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    TenantDep,
+    as_tenant,
+    field_error,
+    in_session,
+)
 from api.schemas import (
     PlainText,
     QuestionCreate,
@@ -47,25 +58,26 @@ EVENT_STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}}
 
 @router.post("/streams/{stream_id}/questions", status_code=status.HTTP_202_ACCEPTED)
 async def ask(
-    stream_id: str, body: QuestionCreate, runtime: RuntimeDep, settings: SettingsDep, tenant: TenantDep,
+    stream_id: str, body: QuestionCreate, runtime: RuntimeDep, settings: SettingsDep, credentials: CredentialsDep,
 ) -> QuestionQueued:
     """Queue a question; a worker answers it. Wait with ``GET /questions/{id}?wait=``, or its events."""
     text = _checked_text(body.text, settings)
 
-    def queue(session: Session) -> QuestionQueued:  # on the thread pool: a stage-2 spec may read a policy file
-        epoch = repo.stream_media_epoch(session, stream_id, tenant_id=tenant)
+    def queue(conn: Connection, tenant: str) -> QuestionQueued:  # on the thread pool: a stage-2 spec may read a file
+        clock_times = body.since is not None or body.until is not None
+        epoch = repo.stream_media_epoch(conn, stream_id, tenant_id=tenant) if clock_times else None
         start, end, epoch = _stream_window(body, stream_id, epoch)
-        ahead = history.queue_length(session)
+        ahead = history.queue_length(conn)
         question_id = repo.queue_question(
-            session, stream_id=stream_id, text=text, tenant_id=tenant, window_start=start, window_end=end,
+            conn, stream_id=stream_id, text=text, tenant_id=tenant, window_start=start, window_end=end,
             window_last=body.last, media_epoch=epoch, stage2=_checked_stage2(body.stage2, settings),
             llm_budget=body.llm_budget, max_answer_tokens=_checked_answer_tokens(body.max_answer_tokens, settings),
         )
-        session.commit()  # commit first: the worker must find the row
+        conn.commit()  # commit first: the worker must find the row
         enqueue_question(question_id)
         return QuestionQueued(id=question_id, status=QuestionStatus.queued, stream_id=stream_id, queue_position=ahead)
 
-    return await in_session(runtime, queue)
+    return await as_tenant(runtime, credentials, queue)
 
 
 def _checked_text(raw: str, settings: Settings) -> str:
@@ -132,7 +144,6 @@ Time = Annotated[AwareDatetime, BeforeValidator(windows.iso_time_only)]
 
 
 async def history_filters(
-    tenant: TenantDep,
     status_filter: Annotated[
         list[QuestionStatus] | None,
         Query(alias="status", description="only questions in these statuses (repeat for several)"),
@@ -141,8 +152,9 @@ async def history_filters(
     until: Annotated[Time | None, Query(description="asked before (ISO 8601, zone)")] = None,
     q: Annotated[SearchText, Query(description='full-text search in question and answer: words, "phrases", or')] = None,
 ) -> history.Filters:
+    """The history's filters; the tenant is filled in once the key is checked."""
     statuses = tuple(s.value for s in status_filter or ())
-    return history.Filters(tenant_id=tenant, statuses=statuses, since=since, until=until, q=q)
+    return history.Filters(tenant_id="", statuses=statuses, since=since, until=until, q=q)
 
 
 FiltersDep = Annotated[history.Filters, Depends(history_filters)]
@@ -159,39 +171,41 @@ StreamFilter = Annotated[
 
 @router.get("/questions")
 async def list_questions(
-    runtime: RuntimeDep, filters: FiltersDep, stream_id: StreamFilter = None, cursor: Cursor = None,
-    limit: Limit = 50,
+    runtime: RuntimeDep, credentials: CredentialsDep, filters: FiltersDep, stream_id: StreamFilter = None,
+    cursor: Cursor = None, limit: Limit = 50,
 ) -> QuestionsPublic:
     """The tenant's questions across its streams, newest first, a page at a time (stable while new ones arrive)."""
-    return await _stream_page(runtime, filters, stream_id, cursor, limit)
+    return await _stream_page(runtime, credentials, replace(filters, stream_id=stream_id), cursor, limit)
 
 
 @router.get("/streams/{stream_id}/questions")
 async def stream_history(
-    stream_id: str, runtime: RuntimeDep, filters: FiltersDep, cursor: Cursor = None, limit: Limit = 50,
+    stream_id: str, runtime: RuntimeDep, credentials: CredentialsDep, filters: FiltersDep, cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> QuestionsPublic:
     """One stream's questions: ``GET /questions?stream_id=`` (the same filters and cursor)."""
-    return await _stream_page(runtime, filters, stream_id, cursor, limit)
+    return await _stream_page(runtime, credentials, replace(filters, stream_id=stream_id), cursor, limit)
 
 
 async def _stream_page(
-    runtime: Runtime, filters: history.Filters, stream_id: str | None, cursor: str | None, limit: int,
+    runtime: Runtime, credentials: HTTPAuthorizationCredentials | None, filters: history.Filters,
+    cursor: str | None, limit: int,
 ) -> QuestionsPublic:
     try:
         after = history.Cursor.decode(cursor) if cursor is not None else None
     except history.BadCursor as exc:
         raise field_error(("query", "cursor"), str(exc)) from None
 
-    def read(session: Session) -> QuestionsPublic:
-        if stream_id is not None:
-            repo.get_stream(session, stream_id, tenant_id=filters.tenant_id)  # another tenant's: 404
-        rows, following = history.page(session, replace(filters, stream_id=stream_id), after=after, limit=limit)
+    def read(conn: Connection, tenant: str) -> QuestionsPublic:
+        if filters.stream_id is not None:
+            repo.stream_media_epoch(conn, filters.stream_id, tenant_id=tenant)  # another tenant's: 404
+        rows, following = history.page(conn, replace(filters, tenant_id=tenant), after=after, limit=limit)
         return QuestionsPublic(
             data=[QuestionPublic.model_validate(history.as_dict(row)) for row in rows],
             next_cursor=following.encode() if following else None, limit=limit,
         )
 
-    return await in_session(runtime, read, read_only=True)
+    return await as_tenant(runtime, credentials, read)
 
 
 EXPORT_MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
@@ -201,16 +215,16 @@ EXPORT_RESPONSES = {200: {"content": {media: {"schema": {"type": "string"}} for 
 
 @router.get("/questions/export", response_class=Response, responses=EXPORT_RESPONSES)
 def export_questions(
-    session: SessionDep, runtime: RuntimeDep, filters: FiltersDep,
+    session: SessionDep, runtime: RuntimeDep, tenant: TenantDep, filters: FiltersDep,
     export_format: Annotated[Literal["csv", "jsonl"], Query(alias="format", description="csv or jsonl")],
     stream_id: StreamFilter = None,
 ) -> StreamingResponse:
     """Every matching question (the history's filters), as CSV or JSON lines, streamed in batches."""
     if stream_id is not None:
-        repo.get_stream(session, stream_id, tenant_id=filters.tenant_id)
+        repo.get_stream(session, stream_id, tenant_id=tenant)
     session.commit()
-    session.close()  # the export reads in its own short sessions while the client downloads
-    batches = _export_batches(runtime, replace(filters, stream_id=stream_id))
+    session.close()  # the export reads on its own short connections while the client downloads
+    batches = _export_batches(runtime, replace(filters, tenant_id=tenant, stream_id=stream_id))
     body = _csv(batches) if export_format == "csv" else _jsonl(batches)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
@@ -221,7 +235,7 @@ def export_questions(
 
 def _export_batches(runtime: Runtime, filters: history.Filters) -> Iterator[list[dict[str, Any]]]:
     """The rows as JSON-ready dicts, a database batch at a time (one chunk of the response each)."""
-    for batch in history.batches(runtime.sessions, filters):
+    for batch in history.batches(runtime.autocommit, filters):
         yield [QuestionPublic.model_validate(history.as_dict(row)).model_dump(mode="json", exclude={"queue_position"})
                for row in batch]
 
@@ -361,7 +375,7 @@ def retry_question(question_id: str, session: SessionDep, tenant: TenantDep) -> 
     enqueue_question(question.id)
     return QuestionQueued(
         id=question.id, status=question.status, stream_id=question.stream_id,
-        queue_position=history.queue_position(session, question),
+        queue_position=history.queue_position(session.connection(), question),
     )
 
 

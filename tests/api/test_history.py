@@ -135,7 +135,7 @@ def test_search_pages_when_rows_were_inserted_out_of_time_order_equal_the_sorted
     seen, after = [], None
     while True:
         with session_scope(runtime.sessions) as session:
-            page, after = history.page(session, filters, after=after, limit=7)
+            page, after = history.page(session.connection(), filters, after=after, limit=7)
             seen += [(q.created_at, q.id) for q in page]
         if after is None:
             break

@@ -64,10 +64,10 @@ def test_authenticate_compares_digests_with_hmac_compare_digest(runtime, monkeyp
 
     monkeypatch.setattr(keys.hmac, "compare_digest", spy)
     with session_scope(runtime.sessions) as session:
-        right = keys.authenticate(session, token)
-        wrong = keys.authenticate(session, f"vm_{key_id}_{secret[:-1]}x")
-        unknown = keys.authenticate(session, f"vm_{'0' * 16}_{secret}")
-        malformed = keys.authenticate(session, "not-a-key")
+        right = keys.authenticate(session.connection(), token)
+        wrong = keys.authenticate(session.connection(), f"vm_{key_id}_{secret[:-1]}x")
+        unknown = keys.authenticate(session.connection(), f"vm_{'0' * 16}_{secret}")
+        malformed = keys.authenticate(session.connection(), "not-a-key")
 
     assert right is not None and right.tenant_id == "acme"
     assert wrong is None and unknown is None and malformed is None
