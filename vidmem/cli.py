@@ -204,6 +204,7 @@ def worker(
         setup_file_logging(log_file, settings, loglevel)
     else:
         setup_logging(loglevel)
+    os.nice(settings.worker_nice)  # before any thread or pool process starts: they inherit it
     runtime = _runtime(settings).for_role("worker")
     if settings.torch_threads:
         import torch

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         1, ge=1, description="tasks one worker process runs at once (threads); above 1, chunks of several streams "
         "can share an encode batch"
     )
+    worker_nice: int = Field(
+        10, ge=0, le=19, description="CPU priority of `vidmem worker` (nice): on a machine shared with the API and "
+        "ingest, a chunk's encode (a burst of a core) waits for them, not they for it; alone on a machine it changes "
+        "nothing"
+    )
     max_new_tokens: int = Field(16, ge=1, le=512)
     encode_batch: int = Field(
         8, ge=1, description="a worker encodes up to this many waiting chunks (of any streams) in one forward pass"

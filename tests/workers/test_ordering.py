@@ -7,6 +7,7 @@ worker processes (PostgreSQL, Redis) and compares each memory with one built in 
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 
@@ -313,6 +314,8 @@ def _three_streams_on_two_workers(settings, tmp_path) -> None:  # type: ignore[n
         with session_scope(rt.sessions) as session:
             beating = {w.pid for w in repo.list_workers(session)}
         assert beating == {p.pid for p in procs}, "each worker has a heartbeat row"
+        assert {os.getpriority(os.PRIO_PROCESS, p.pid) for p in procs} == {settings.worker_nice}, (
+            "workers run below the API and ingest on a shared machine")
     finally:
         stop_workers(procs)
     with session_scope(rt.sessions) as session:
