@@ -177,7 +177,7 @@ def _sqlite_search(conn: Connection, filters: Filters, after: Cursor | None, cou
                                    {"match": params["match"], "below": below, "batch": batch}))
         if rowids:
             below = rowids[-1]
-            found = sorted([*found, *conn.execute(matched, {**params, "rowids": rowids, "limit": count})],
+            found = sorted([*found, *conn.execute(matched, {**params, "rowids": rowids, "limit": count}).all()],
                            key=lambda row: (row.created_at, row.id), reverse=True)[:count]
         if len(rowids) < batch or (len(found) == count and not _newer_below(conn, below, found[-1].created_at)):
             return found
@@ -266,7 +266,8 @@ def page(
     if filters.q and conn.dialect.name == "sqlite":
         rows = _sqlite_search(conn, filters, after, limit + 1)
     else:
-        rows = list(conn.execute(_statement(_shape(filters, after)), {**_params(filters, after), "limit": limit + 1}))
+        params = {**_params(filters, after), "limit": limit + 1}
+        rows = list(conn.execute(_statement(_shape(filters, after)), params).all())
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (Cursor(rows[-1].created_at, rows[-1].id) if more and rows else None)
