@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
 from api.main import create_app
-from store import keys
+from store import keys, repo
 from store.db import session_scope
 from store.models import DEFAULT_TENANT, ApiKey, Stream
 from tests.api.databases import runtime_on_each_database  # noqa: F401 - fixtures
@@ -98,6 +98,37 @@ def test_requests_when_key_missing_wrong_or_revoked_return_401_with_www_authenti
         assert response.headers["www-authenticate"] == "Bearer", what
         assert response.json()["detail"] == UNAUTHORIZED, what
     assert good.status_code == 200, good.text
+
+
+def test_hot_routes_when_key_missing_wrong_or_revoked_return_401_before_reading_the_body(runtime, app_client):
+    # ask and history check the key in their own database hop (api.deps.as_tenant), not in get_tenant
+    token = new_key(runtime.sessions, "acme")
+    key_id, secret = keys.parse(token)  # type: ignore[misc]
+    other = new_key(runtime.sessions, "acme")
+    with session_scope(runtime.sessions) as session:
+        keys.revoke_key(session, keys.parse(other)[0])  # type: ignore[index]
+        stream_id = repo.create_stream(session, name="cam", source_url="rtsp://192.0.2.1/cam", tenant_id="acme").id
+    ask = f"/streams/{stream_id}/questions"
+
+    answers = {
+        "history, missing": app_client.get("/questions"),
+        "history, malformed": app_client.get("/questions", headers=bearer("vm_short")),
+        "history, wrong secret": app_client.get("/questions", headers=bearer(f"vm_{key_id}_{secret[::-1]}")),
+        "history, revoked": app_client.get("/questions?q=car", headers=bearer(other)),
+        "stream history, unknown id": app_client.get(ask, headers=bearer(f"vm_{'f' * 16}_{secret}")),
+        "ask, missing, bad body": app_client.post(ask, json={"windw": 3}),
+        "ask, malformed, bad body": app_client.post(ask, json={"windw": 3}, headers=bearer("vm_short")),
+        "ask, revoked": app_client.post(ask, json={"text": "what moved?"}, headers=bearer(other)),
+    }
+    good = app_client.post(ask, json={"text": "what moved?"}, headers=bearer(token))
+
+    for what, response in answers.items():
+        assert response.status_code == 401, (what, response.text)
+        assert response.headers["www-authenticate"] == "Bearer", what
+        assert response.json()["detail"] == UNAUTHORIZED, what
+    assert good.status_code == 202, good.text
+    history = app_client.get("/questions", headers=bearer(token)).json()["data"]
+    assert [q["id"] for q in history] == [good.json()["id"]], "the revoked key's question was not queued"
 
 
 def test_revoke_key_when_in_use_refuses_the_next_request(runtime, app_client):
