@@ -7,9 +7,10 @@ not even on retry (``queued_at`` does).
 
 Search (``q``) takes words, "quoted phrases" and ``or`` between groups, on both databases alike:
 words of a group must all occur (stemmed English: "vans" finds "van"); punctuation is ignored.
-PostgreSQL answers it with ``websearch_to_tsquery`` against a GIN-indexed tsvector, SQLite with
-an FTS5 table kept by triggers (both made by migration 0005), whose matches a page reads newest
-first (``_sqlite_search``, migration 0010).
+PostgreSQL answers it with ``websearch_to_tsquery`` against a stored tsvector, whose lexemes a table kept by
+a trigger lists newest first (migrations 0005, 0009 and 0011; ``_pg_search``); SQLite with an FTS5 table kept
+by triggers (migration 0005), whose matches a page reads newest first (``_sqlite_search``, migration 0010).
+Either way a page reads about a page of matches, however many newer questions do not match.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from store.models import Question, QuestionStatus, UTCDateTime, utcnow
 from store.repo import get_question
 
 PG_TSVECTOR = "questions.questions_fts_vector"
-"""The stored tsvector of text and answer, GIN-indexed (migration 0009; not in the models, like SQLite's FTS5)."""
+"""The stored tsvector of text and answer (migration 0009; not in the models, like SQLite's FTS5); its lexemes are
+listed, newest question first, in ``questions_fts_terms`` (migration 0011)."""
 MAX_TERMS = 16
 """Words and phrases a search may hold: enough for any question, bounded work for the database."""
 COLUMNS = tuple(Question.__table__.c)
@@ -197,6 +199,47 @@ def _newer_below(conn: Connection, below: int, last: datetime) -> bool:
     return newest is not None and newest >= last
 
 
+_PG_CANDIDATE_ROWS = """SELECT question_id, created_at FROM questions_fts_terms
+    WHERE tenant_id = :tenant_id
+      AND lexeme = (tsvector_to_array(to_tsvector('english'::regconfig, :search_group)))[1]
+      AND (created_at, question_id) < (:below_created, :below_id)
+    ORDER BY created_at DESC, question_id DESC LIMIT :batch"""
+_PG_CANDIDATES = text(f"SELECT question_id FROM ({_PG_CANDIDATE_ROWS}) AS candidates").columns(
+    column("question_id", String))
+"""A batch of questions holding one lexeme of a search group (every lexeme of a group is required: words are
+AND-ed, a phrase needs all of its words), newest first below a (created_at, id) bound, from the term table
+(migration 0011). Stop words give no lexeme, and a group of them nothing, as in ``websearch_to_tsquery``."""
+_PG_BATCH_END = text(f"SELECT created_at, question_id FROM ({_PG_CANDIDATE_ROWS}) AS candidates "
+                     "ORDER BY created_at, question_id LIMIT 1 OFFSET :batch - 1")
+"""The oldest candidate of a full batch (none when the batch was not full: the group's candidates are all read)."""
+_END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def _pg_search(conn: Connection, filters: Filters, after: Cursor | None, count: int) -> list[Row]:
+    """Up to ``count`` matching questions newest first, from each search group's candidates read newest first.
+
+    Per group: a batch of the questions holding one of its lexemes, newest first (``_PG_CANDIDATES``),
+    tested against the whole search and the filters in the same statement. Candidates come in time
+    order, so once a batch yields ``count`` rows no unread candidate can be newer; otherwise the next
+    batch starts below the oldest candidate read. A page reads about ``count`` questions whatever the
+    history holds, where walking the tenant's questions tested every newer one that did not match.
+    """
+    statement = _statement(_shape(filters, after), terms=True)
+    params = {**_params(filters, after), "limit": count, "batch": max(2 * count, SEARCH_BATCH)}
+    found: dict[str, Row] = {}
+    for group in search_groups(filters.q or ""):
+        below = (after.created_at, after.id) if after is not None else (_END_OF_TIME, "")
+        while True:
+            batch = {**params, "search_group": " ".join(group), "below_created": below[0], "below_id": below[1]}
+            rows = conn.execute(statement, batch).all()
+            found.update((row.id, row) for row in rows)
+            end = conn.execute(_PG_BATCH_END, batch).first() if len(rows) < count else None
+            if end is None:
+                break
+            below = (end.created_at, end.question_id)
+    return sorted(found.values(), key=lambda row: (row.created_at, row.id), reverse=True)[:count]
+
+
 # --- listing --------------------------------------------------------------------------------------
 
 
@@ -233,9 +276,10 @@ def _params(filters: Filters, after: Cursor | None) -> dict[str, Any]:
 
 
 @functools.cache
-def _statement(shape: _Shape, *, search: bool = False) -> Select:
+def _statement(shape: _Shape, *, search: bool = False, terms: bool = False) -> Select:
     """A page's statement for ``shape``: rows of ``COLUMNS`` newest first, ``limit`` of them; ``search``: among
-    the SQLite matches ``rowids``. Built once: a page built per request cost a fifth of its CPU."""
+    the SQLite matches ``rowids``; ``terms``: among a batch of PostgreSQL's candidates (``_PG_CANDIDATES``).
+    Built once: a page built per request cost a fifth of its CPU."""
     where: list[ColumnElement[bool]] = [Question.tenant_id == bindparam("tenant_id")]
     if shape.stream:
         where.append(Question.stream_id == bindparam("stream_id"))
@@ -251,6 +295,8 @@ def _statement(shape: _Shape, *, search: bool = False) -> Select:
     if shape.search:
         where.append(_PG_MATCH)  # type: ignore[arg-type]
     query = select(*COLUMNS)
+    if terms:
+        query = query.where(Question.id.in_(_PG_CANDIDATES))
     if search:
         query = query.join(FTS_ROWS, FTS_ROWS.c.question_id == Question.id).where(
             FTS_ROWS.c.rowid.in_(bindparam("rowids", expanding=True)))
@@ -265,6 +311,8 @@ def page(
     page (None: last)."""
     if filters.q and conn.dialect.name == "sqlite":
         rows = _sqlite_search(conn, filters, after, limit + 1)
+    elif filters.q:
+        rows = _pg_search(conn, filters, after, limit + 1)
     else:
         params = {**_params(filters, after), "limit": limit + 1}
         rows = list(conn.execute(_statement(_shape(filters, after)), params).all())
