@@ -147,7 +147,7 @@ async def as_tenant(
     """The key check, then ``work(connection, tenant)``, in one thread-pool hop on one connection.
 
     For the routes called hundreds of times a second (ask, history): a request that checked its key
-    in ``get_tenant`` made two hops and two checkouts, a third of the CPU its route used. The
+    in ``get_tenant`` made two hops and two checkouts, a fifth of a history page's CPU. The
     connection is ``Runtime.autocommit``'s: on PostgreSQL each statement commits by itself (no BEGIN
     and COMMIT round trips), so ``work`` makes at most one write, or writes that need no atomicity
     together; on SQLite the driver opens a transaction before the first write, committed when
