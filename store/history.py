@@ -204,14 +204,18 @@ _PG_CANDIDATE_ROWS = """SELECT question_id, created_at FROM questions_fts_terms
       AND lexeme = (tsvector_to_array(to_tsvector('english'::regconfig, :search_group)))[1]
       AND (created_at, question_id) < (:below_created, :below_id)
     ORDER BY created_at DESC, question_id DESC LIMIT :batch"""
-_PG_CANDIDATES = text(f"SELECT question_id FROM ({_PG_CANDIDATE_ROWS}) AS candidates").columns(
-    column("question_id", String))
+_PG_CANDIDATES = text(_PG_CANDIDATE_ROWS).columns(
+    column("question_id", String), column("created_at", UTCDateTime)).subquery("candidates")
 """A batch of questions holding one lexeme of a search group (every lexeme of a group is required: words are
 AND-ed, a phrase needs all of its words), newest first below a (created_at, id) bound, from the term table
-(migration 0011). Stop words give no lexeme, and a group of them nothing, as in ``websearch_to_tsquery``."""
+(migration 0011), one row a question (the table's key is (question, lexeme)). Stop words give no lexeme, and a
+group of them nothing, as in ``websearch_to_tsquery``."""
 _PG_BATCH_END = text(f"SELECT created_at, question_id FROM ({_PG_CANDIDATE_ROWS}) AS candidates "
                      "ORDER BY created_at, question_id LIMIT 1 OFFSET :batch - 1")
 """The oldest candidate of a full batch (none when the batch was not full: the group's candidates are all read)."""
+PG_SEARCH_BATCH = 256
+"""Candidates a search statement may read, at least: it stops at the page's last match, so a large batch costs
+nothing where matches are dense and saves a round trip where filters reject many."""
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 
 
@@ -219,13 +223,14 @@ def _pg_search(conn: Connection, filters: Filters, after: Cursor | None, count: 
     """Up to ``count`` matching questions newest first, from each search group's candidates read newest first.
 
     Per group: a batch of the questions holding one of its lexemes, newest first (``_PG_CANDIDATES``),
-    tested against the whole search and the filters in the same statement. Candidates come in time
-    order, so once a batch yields ``count`` rows no unread candidate can be newer; otherwise the next
+    joined in that order to the questions and tested against the whole search and the filters in the
+    same statement, which stops at its ``count``-th match (no sort: the join keeps the candidates'
+    order). Once a batch yields ``count`` rows no unread candidate can be newer; otherwise the next
     batch starts below the oldest candidate read. A page reads about ``count`` questions whatever the
     history holds, where walking the tenant's questions tested every newer one that did not match.
     """
     statement = _statement(_shape(filters, after), terms=True)
-    params = {**_params(filters, after), "limit": count, "batch": max(2 * count, SEARCH_BATCH)}
+    params = {**_params(filters, after), "limit": count, "batch": max(4 * count, PG_SEARCH_BATCH)}
     found: dict[str, Row] = {}
     for group in search_groups(filters.q or ""):
         below = (after.created_at, after.id) if after is not None else (_END_OF_TIME, "")
@@ -295,13 +300,14 @@ def _statement(shape: _Shape, *, search: bool = False, terms: bool = False) -> S
     if shape.search:
         where.append(_PG_MATCH)  # type: ignore[arg-type]
     query = select(*COLUMNS)
-    if terms:
-        query = query.where(Question.id.in_(_PG_CANDIDATES))
+    newest_first = (Question.created_at.desc(), Question.id.desc())
+    if terms:  # the candidates' order (the same pair: the trigger copies created_at), so the join needs no sort
+        query = query.select_from(_PG_CANDIDATES.join(Question, Question.id == _PG_CANDIDATES.c.question_id))
+        newest_first = (_PG_CANDIDATES.c.created_at.desc(), _PG_CANDIDATES.c.question_id.desc())
     if search:
         query = query.join(FTS_ROWS, FTS_ROWS.c.question_id == Question.id).where(
             FTS_ROWS.c.rowid.in_(bindparam("rowids", expanding=True)))
-    return (query.where(*where).order_by(Question.created_at.desc(), Question.id.desc())
-            .limit(bindparam("limit", type_=Integer)))
+    return query.where(*where).order_by(*newest_first).limit(bindparam("limit", type_=Integer))
 
 
 def page(

@@ -117,7 +117,7 @@ def test_history_search_follows_answers_and_deletions(client, runtime):
             assert conn.execute(text("SELECT count(*) FROM questions_fts_terms")).scalar() == 0
 
 
-def test_search_pages_when_rows_were_inserted_out_of_time_order_equal_the_sorted_matches(runtime):
+def test_search_pages_when_rows_were_inserted_out_of_time_order_equal_the_sorted_matches(runtime, monkeypatch):
     # given 600 questions of two tenants inserted in shuffled time order (as an import or racing writers leave
     # them), a third of them matching, some later deleted
     rng = random.Random(7)
@@ -135,19 +135,26 @@ def test_search_pages_when_rows_were_inserted_out_of_time_order_equal_the_sorted
             conn.execute(insert(Question), [row])
         gone = [row["id"] for row in rows[::50]]
         conn.execute(Question.__table__.delete().where(Question.id.in_(gone)))
-    filters = history.Filters(tenant_id="default", statuses=("done",), q="vans")
-    expected = sorted(((r["created_at"], r["id"]) for r in rows if r["tenant_id"] == "default"
-                       and r["status"] == "done" and "van" in r["text"] and r["id"] not in gone), reverse=True)
-    # when every page of 7 is read through the cursor
-    seen, after = [], None
-    while True:
-        with session_scope(runtime.sessions) as session:
-            page, after = history.page(session.connection(), filters, after=after, limit=7)
-            seen += [(q.created_at, q.id) for q in page]
-        if after is None:
-            break
-    # then the pages hold exactly the matches, newest first, each once
-    assert len(expected) > 40 and seen == expected
+    until = t0 + timedelta(minutes=150)  # three in four of the newest-first candidates fail this filter
+    for filters in (history.Filters(tenant_id="default", statuses=("done",), q="vans"),
+                    history.Filters(tenant_id="default", statuses=("done",), q="vans", until=until)):
+        expected = sorted(((r["created_at"], r["id"]) for r in rows if r["tenant_id"] == "default"
+                           and r["status"] == "done" and "van" in r["text"] and r["id"] not in gone
+                           and (filters.until is None or r["created_at"] < filters.until)), reverse=True)
+        # with several batches of candidates a page, and with the shipped batches
+        for sqlite_batch, pg_batch in ((8, 8), (history.SEARCH_BATCH, history.PG_SEARCH_BATCH)):
+            monkeypatch.setattr(history, "SEARCH_BATCH", sqlite_batch)
+            monkeypatch.setattr(history, "PG_SEARCH_BATCH", pg_batch)
+            # when every page of 7 is read through the cursor
+            seen, after = [], None
+            while True:
+                with session_scope(runtime.sessions) as session:
+                    page, after = history.page(session.connection(), filters, after=after, limit=7)
+                    seen += [(q.created_at, q.id) for q in page]
+                if after is None:
+                    break
+            # then the pages hold exactly the matches, newest first, each once
+            assert len(expected) > 10 and seen == expected, (filters, sqlite_batch, pg_batch)
 
 
 def test_history_when_query_is_bad_returns_422_naming_the_field(client, runtime):
