@@ -84,6 +84,7 @@ class Cell:
     max_ms: float
     api_cpu_ms: float  # CPU time of the API processes per request
     machine_cpu_ms: float  # CPU time of the whole machine per request: the API, the database, the generator, ingest
+    outside_cpu_pct: float  # CPU of processes outside the benchmark (another service of the machine), % of one core
 
 
 @dataclass
@@ -229,6 +230,45 @@ def process_tree_cpu_s(pid: int) -> float:
     return own + sum(process_tree_cpu_s(child) for child in child_pids)
 
 
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it alive now."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            child_pids = [int(x) for x in children.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return set()
+    return {pid}.union(*(descendants(child) for child in child_pids))
+
+
+BENCH_SERVICES = {"postgres", "redis-server"}
+"""Processes of the benchmark besides its own tree: the database and the broker it talks to."""
+
+
+def process_cpu_s() -> dict[int, tuple[str, float]]:
+    """Every process's name and CPU seconds (user and system) now."""
+    snapshot = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    head, tail = stat.read().rsplit(")", 1)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            fields = tail.split()
+            snapshot[int(entry.name)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return snapshot
+
+
+def outside_cpu_s(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                  roots: list[int]) -> float:
+    """CPU seconds spent between two ``process_cpu_s`` snapshots by processes outside the benchmark: not in the
+    trees of ``roots`` (the deployment and the generator), not PostgreSQL or Redis. Another service of the machine
+    taking a core for a moment shows here, beside the latency it caused."""
+    ours = set().union(*(descendants(root) for root in roots))
+    return sum(cpu - before[pid][1] for pid, (name, cpu) in after.items()
+               if pid in before and pid not in ours and name not in BENCH_SERVICES)
+
+
 # ------------------------------------------------------------------------------------------ load
 async def _one(client: aiohttp.ClientSession, endpoint: str, stream_id: str, cfg: ApiBenchConfig, i: int) -> bool:
     if endpoint == "post_question":
@@ -296,7 +336,8 @@ def settle(base_url: str, idle_s: float, timeout_s: float = 120.0) -> None:
 
 
 def measure(base_url: str, key: str, stream_id: str, database: str, endpoint: str, rate: int,
-            cfg: ApiBenchConfig, idle_s: float, api_pid: int) -> Cell:
+            cfg: ApiBenchConfig, idle_s: float, deployment_pids: list[int]) -> Cell:
+    """One cell; ``deployment_pids``: the API's supervisor first, then the deployment's other processes."""
     settle(base_url, idle_s)
     # the generator's own heap out of the collector's walk: its imports (torch among them, through vidmem) leave
     # about 300,000 objects, and a full collection over them paused every request in flight for ~170 ms,
@@ -306,14 +347,19 @@ def measure(base_url: str, key: str, stream_id: str, database: str, endpoint: st
     # uvloop (uvicorn[standard] brings it): the generator shares the cores with the server, so its loop should cost
     # as little as the server's does
     uvloop.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.warmup_s, cfg))
-    api_before, machine_before = process_tree_cpu_s(api_pid), machine_cpu_s()
+    api_pid, roots = deployment_pids[0], [*deployment_pids, os.getpid()]
+    api_before, machine_before, processes_before = process_tree_cpu_s(api_pid), machine_cpu_s(), process_cpu_s()
+    started = time.perf_counter()
     latencies, errors, achieved = uvloop.run(_open_loop(base_url, key, endpoint, stream_id, rate, cfg.seconds, cfg))
+    wall = time.perf_counter() - started
     api_cpu, machine_cpu = process_tree_cpu_s(api_pid) - api_before, machine_cpu_s() - machine_before
+    outside_cpu = outside_cpu_s(processes_before, process_cpu_s(), roots)
     ms = sorted(x * 1000 for x in latencies)
     return Cell(database=database, endpoint=endpoint, rate=rate, requests=len(ms), errors=errors,
                 achieved_rate=round(achieved, 1), p50_ms=round(statistics.median(ms), 2),
                 p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2), max_ms=round(ms[-1], 2),
-                api_cpu_ms=round(api_cpu * 1000 / len(ms), 2), machine_cpu_ms=round(machine_cpu * 1000 / len(ms), 2))
+                api_cpu_ms=round(api_cpu * 1000 / len(ms), 2), machine_cpu_ms=round(machine_cpu * 1000 / len(ms), 2),
+                outside_cpu_pct=round(100 * outside_cpu / wall, 1))
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -355,10 +401,10 @@ def run_database(cfg: ApiBenchConfig, database: str, folder: Path, report: Repor
         for endpoint in cfg.endpoints:
             for rate in cfg.rates:
                 cell = measure(deployment.base_url, key, stream_id, database, endpoint, rate, cfg, idle_s,
-                               deployment.procs[0].pid)
+                               [proc.pid for proc in deployment.procs])
                 log.info("%s %s @ %d/s: p50 %.1f ms p99 %.1f ms (%d errors), CPU a request: API %.2f ms, machine "
-                         "%.2f ms", database, endpoint, rate, cell.p50_ms, cell.p99_ms, cell.errors, cell.api_cpu_ms,
-                         cell.machine_cpu_ms)
+                         "%.2f ms; outside the benchmark %.1f%% of a core", database, endpoint, rate, cell.p50_ms,
+                         cell.p99_ms, cell.errors, cell.api_cpu_ms, cell.machine_cpu_ms, cell.outside_cpu_pct)
                 report.cells.append(cell)
         lost, applied = _chunk_outcomes(settings, stream_id)
         report.chunks_lost[database], report.chunks_applied[database] = lost, applied
@@ -386,12 +432,12 @@ def show(report: Report) -> None:
 
     table = Table(title="API latency, open-loop load (target: p99 < 25 ms at 200 requests/s)")
     for col in ("database", "endpoint", "rate/s", "achieved/s", "requests", "errors", "p50 ms", "p99 ms", "max ms",
-                "API CPU ms/req", "machine CPU ms/req"):
+                "API CPU ms/req", "machine CPU ms/req", "outside CPU %"):
         table.add_column(col)
     for c in report.cells:
         table.add_row(c.database, c.endpoint, str(c.rate), f"{c.achieved_rate:.0f}", str(c.requests), str(c.errors),
                       f"{c.p50_ms:.1f}", f"{c.p99_ms:.1f}", f"{c.max_ms:.1f}", f"{c.api_cpu_ms:.2f}",
-                      f"{c.machine_cpu_ms:.2f}")
+                      f"{c.machine_cpu_ms:.2f}", f"{c.outside_cpu_pct:.1f}")
     console = Console(stderr=True, width=170)
     console.print(table)
     console.print(f"chunks lost during the run: {report.chunks_lost} (applied: {report.chunks_applied})")

@@ -15,7 +15,9 @@ import pytest
 from vidmem.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("VIDMEM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("VIDMEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+REDIS_URL = os.environ.get("VIDMEM_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{15 - _XDIST_WORKER}")
+"""The machine's Redis, a database for each of pytest-xdist's workers (15, 14, ...): each flushes its own."""
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -76,7 +78,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_client():  # type: ignore[no-untyped-def]
-    """The machine's Redis, database 15, flushed before and after."""
+    """The machine's Redis, this worker's database (``REDIS_URL``), flushed before and after."""
     need_service("Redis", "127.0.0.1", 6379)
     import redis
 
