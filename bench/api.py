@@ -454,7 +454,9 @@ def plot(report: Report, path: Path) -> None:
     for ax, database in zip(axes[0], report.config["databases"], strict=True):
         for endpoint in report.config["endpoints"]:
             cells = [c for c in report.cells if c.database == database and c.endpoint == endpoint]
-            ax.plot([c.rate for c in cells], [c.p99_ms for c in cells], marker="o", label=f"{endpoint} p99")
+            line, = ax.plot([c.rate for c in cells], [c.p99_ms for c in cells], marker="o", label=f"{endpoint} p99")
+            ax.plot([c.rate for c in cells], [c.p50_ms for c in cells], marker=".", linestyle=":",
+                    color=line.get_color(), label=f"{endpoint} p50")
         ax.axhline(25, color="grey", linestyle="--", label="target p99")
         ax.set(title=database, xlabel="requests/s", ylabel="ms", yscale="log")
         ax.legend(fontsize=7)
