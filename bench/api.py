@@ -217,21 +217,19 @@ def machine_cpu_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) of a process and its descendants alive now (uvicorn's workers)."""
+def _process_stat(pid: int) -> tuple[str, float] | None:
+    """A process's name and CPU seconds (user and system) now; None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            child_pids = [int(x) for x in children.read().split()]
+            head, tail = stat.read().rsplit(")", 1)
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-    return own + sum(process_tree_cpu_s(child) for child in child_pids)
+        return None
+    fields = tail.split()
+    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def descendants(pid: int) -> set[int]:
-    """``pid`` and every process below it alive now."""
+    """``pid`` and every process below it alive now (empty once it is gone)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as children:
             child_pids = [int(x) for x in children.read().split()]
@@ -240,23 +238,19 @@ def descendants(pid: int) -> set[int]:
     return {pid}.union(*(descendants(child) for child in child_pids))
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) of a process and its descendants alive now (uvicorn's workers)."""
+    return sum(stat[1] for member in descendants(pid) if (stat := _process_stat(member)) is not None)
+
+
 BENCH_SERVICES = {"postgres", "redis-server"}
 """Processes of the benchmark besides its own tree: the database and the broker it talks to."""
 
 
 def process_cpu_s() -> dict[int, tuple[str, float]]:
     """Every process's name and CPU seconds (user and system) now."""
-    snapshot = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as stat:
-                    head, tail = stat.read().rsplit(")", 1)
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            fields = tail.split()
-            snapshot[int(entry.name)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
-    return snapshot
+    pids = (int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit())
+    return {pid: stat for pid in pids if (stat := _process_stat(pid)) is not None}
 
 
 def outside_cpu_s(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
